@@ -1,0 +1,189 @@
+"""Shared transformer blocks: norms, dense layers with logical axes, rotary embeddings, attention.
+
+Every parameter is created with logical axis names (see `alpamayo_jax/sharding.py` for the rules
+that map them to mesh axes). Norms and softmax run in float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+NEG_INF = -1e30
+
+
+def dtype_of(name: str | Dtype) -> Dtype:
+    """Resolves a dtype given by name in a config ('float32', 'bfloat16')."""
+    return jnp.dtype(name) if isinstance(name, str) else name
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Logical sharding constraint on an activation (a no-op outside a mesh/rules context)."""
+    return nn.with_logical_constraint(x, tuple(names))
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale, computed in float32."""
+
+    eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    axis_name: str = "norm"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with scale and bias, computed in float32 (the ViT and mergers use it)."""
+
+    eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    axis_name: str = "norm"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)), (d,), self.param_dtype
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)), (d,), self.param_dtype
+        )
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+class Dense(nn.Module):
+    """`x @ kernel (+ bias)` over the last axis of x into `features` (a tuple gives several out axes).
+
+    `axes` names the kernel's axes: (input axis, *output axes); the bias takes the output names.
+    """
+
+    features: int | tuple[int, ...]
+    axes: tuple[str, ...]
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        kernel_shape = (x.shape[-1], *features)
+        init = self.kernel_init
+        if len(features) > 1:
+            init = _fan_in_init(self.kernel_init, x.shape[-1], int(np.prod(features)))
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), kernel_shape, self.param_dtype)
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=((x.ndim - 1,), (0,)))
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]), features, self.param_dtype
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def _fan_in_init(base_init, fan_in: int, fan_out: int):
+    """Initialises a multi-output kernel as if it were 2D [fan_in, fan_out]."""
+
+    def init(rng, shape, dtype=jnp.float32):
+        return base_init(rng, (fan_in, fan_out), dtype).reshape(shape)
+
+    return init
+
+
+# ----------------------------------------------------------------------------------------- rotary
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    """The rotate-half convention of the reference: [-x2, x1]."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rotary(x_blhd: jax.Array, cos_bld: jax.Array, sin_bld: jax.Array) -> jax.Array:
+    """Rotates heads of `x [B, L, H, D]` by angles given as cos/sin `[B, L, D]` (float32 math)."""
+    x32 = x_blhd.astype(jnp.float32)
+    cos, sin = cos_bld[:, :, None, :], sin_bld[:, :, None, :]
+    return (x32 * cos + rotate_half(x32) * sin).astype(x_blhd.dtype)
+
+
+def mrope_axis_of_frequency(head_dim: int, sections: Sequence[int]) -> np.ndarray:
+    """For each of the head_dim/2 frequencies, which position stream (0=t, 1=h, 2=w) drives it.
+
+    Interleaved M-RoPE of Qwen3-VL: frequency j uses h if j % 3 == 1 and j < 3*sections[1], w if
+    j % 3 == 2 and j < 3*sections[2], else t.
+    """
+    half = head_dim // 2
+    if sum(sections) != half:
+        raise ValueError(f"mrope sections {tuple(sections)} must sum to head_dim/2 = {half}")
+    axis = np.zeros(half, dtype=np.int32)
+    for stream, offset in ((1, 1), (2, 2)):
+        axis[offset : 3 * sections[stream] : 3] = stream
+    return axis
+
+
+def mrope_cos_sin(
+    positions_3bl: jax.Array, head_dim: int, theta: float, sections: Sequence[int]
+) -> tuple[jax.Array, jax.Array]:
+    """cos/sin `[B, L, head_dim]` (float32) for 3-stream (t, h, w) positions `[3, B, L]`."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    axis = mrope_axis_of_frequency(head_dim, sections)
+    pos_fbl = positions_3bl.astype(jnp.float32)[axis]  # [F, B, L]
+    angles = jnp.einsum("fbl,f->blf", pos_fbl, jnp.asarray(inv_freq, jnp.float32))
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+# -------------------------------------------------------------------------------------- attention
+
+
+def attention(
+    q_blhd: jax.Array,
+    k_bskd: jax.Array,
+    v_bskd: jax.Array,
+    mask_bls: jax.Array | None,
+    *,
+    implementation: str | None = None,
+    kv_lengths_b: jax.Array | None = None,
+) -> jax.Array:
+    """Grouped-query softmax attention through `jax.nn.dot_product_attention`.
+
+    q `[B, L, H, D]`, k/v `[B, S, K, D]` with H a multiple of K; `mask_bls` True where attention is
+    allowed. `kv_lengths_b` (instead of a mask) marks the first n keys of each row as valid, which
+    the cuDNN kernel takes natively. Fully masked rows return finite values (they are ignored).
+    """
+    mask = None if mask_bls is None else mask_bls[:, None, :, :]
+    if implementation == "cudnn" and mask is not None:
+        bias = jnp.where(mask, 0.0, NEG_INF).astype(q_blhd.dtype)
+        return jax.nn.dot_product_attention(
+            q_blhd, k_bskd, v_bskd, bias=bias, key_value_seq_lengths=kv_lengths_b, implementation="cudnn"
+        )
+    return jax.nn.dot_product_attention(
+        q_blhd,
+        k_bskd,
+        v_bskd,
+        mask=mask,
+        key_value_seq_lengths=kv_lengths_b,
+        implementation=implementation,
+    )

@@ -1,0 +1,112 @@
+"""The Qwen3-VL vision-language model: vision tower + text decoder + multimodal assembly.
+
+Image features replace the image placeholder tokens' embeddings; DeepStack features are added to
+the hidden states of the first text layers at the same positions. The positions and image slots come
+from `qwen3vl_inputs` (host side).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from alpamayo_jax.models import vision as vision_lib
+from alpamayo_jax.models import vlm as vlm_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3VLConfig:
+    text: vlm_lib.TextConfig
+    vision: vision_lib.VisionConfig
+    image_token_id: int = 151655
+    vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Qwen3VLConfig:
+        text = dict(d["text"])
+        text["mrope_sections"] = tuple(text["mrope_sections"])
+        vision = dict(d["vision"])
+        vision["deepstack_layers"] = tuple(vision["deepstack_layers"])
+        rest = {k: v for k, v in d.items() if k not in ("text", "vision")}
+        return cls(text=vlm_lib.TextConfig(**text), vision=vision_lib.VisionConfig(**vision), **rest)
+
+    def with_numerics(self, **overrides: Any) -> Qwen3VLConfig:
+        """Same shapes, other dtype / param_dtype / remat / attention_impl for both towers."""
+        return dataclasses.replace(
+            self,
+            text=dataclasses.replace(self.text, **overrides),
+            vision=dataclasses.replace(self.vision, **overrides),
+        )
+
+
+VARIANTS = {
+    "tiny": dict(text="tiny", vision="tiny", image_token_id=500, vision_start_token_id=501, vision_end_token_id=502),
+    "qwen3vl_2b": dict(text="qwen3vl_2b", vision="qwen3vl_2b"),
+    "qwen3vl_8b": dict(text="qwen3vl_8b", vision="qwen3vl_8b"),
+}
+
+
+def qwen3vl_config(variant: str, **numerics: Any) -> Qwen3VLConfig:
+    """A preset; `numerics` (dtype, param_dtype, remat, attention_impl) apply to both towers."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown Qwen3-VL variant {variant!r}; known: {sorted(VARIANTS)}")
+    v = VARIANTS[variant]
+    ids = {k: val for k, val in v.items() if k.endswith("_id")}
+    cfg = Qwen3VLConfig(vlm_lib.text_config(v["text"]), vision_lib.vision_config(v["vision"]), **ids)
+    return cfg.with_numerics(**numerics) if numerics else cfg
+
+
+class Qwen3VL(nn.Module):
+    """Qwen3-VL for conditional generation (`logits` over the vocabulary)."""
+
+    cfg: Qwen3VLConfig
+
+    def setup(self):
+        self.vision = vision_lib.VisionTower(self.cfg.vision)
+        self.text = vlm_lib.TextDecoder(self.cfg.text)
+
+    def embed(
+        self, tokens_bl: jax.Array, images: vision_lib.VisionInputs | None, image_slots_bl: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """Token embeddings with image features scattered in, and DeepStack additions `[n, B, L, D]`."""
+        embeds = self.text.embed_tokens(tokens_bl)
+        if images is None:
+            return embeds, None
+        merged_imd, deepstack_nimd = self.vision(images)
+        flat = merged_imd.reshape(-1, merged_imd.shape[-1])
+        is_image = (image_slots_bl >= 0)[..., None]
+        rows = jnp.maximum(image_slots_bl, 0)
+        embeds = jnp.where(is_image, flat[rows].astype(embeds.dtype), embeds)
+        ds_flat = deepstack_nimd.reshape(deepstack_nimd.shape[0], -1, deepstack_nimd.shape[-1])
+        deepstack = jnp.where(is_image[None], ds_flat[:, rows], 0).astype(embeds.dtype)
+        return embeds, deepstack
+
+    def __call__(
+        self,
+        tokens_bl: jax.Array,
+        positions_3bl: jax.Array,
+        valid_bl: jax.Array,
+        images: vision_lib.VisionInputs | None = None,
+        image_slots_bl: jax.Array | None = None,
+        cache: vlm_lib.KVCache | None = None,
+    ) -> tuple[jax.Array, Any]:
+        """Logits `[B, L, V]` (float32) and the per-layer kv (no cache) or the updated cache."""
+        embeds, deepstack = self.embed(tokens_bl, images, image_slots_bl)
+        hidden, kv = self.text(embeds, positions_3bl, valid_bl, cache, deepstack)
+        return self.text.logits(hidden), kv
+
+    def decode_step(self, tokens_b1: jax.Array, positions_b: jax.Array, cache: vlm_lib.KVCache):
+        """One token per sample at its next position; returns (logits `[B, V]`, cache)."""
+        embeds = self.text.embed_tokens(tokens_b1)
+        positions = jnp.broadcast_to(positions_b[None, :, None], (3, *tokens_b1.shape))
+        valid = jnp.ones(tokens_b1.shape, bool)
+        hidden, cache = self.text(embeds, positions, valid, cache, None)
+        return self.text.logits(hidden)[:, -1], cache

@@ -1,0 +1,186 @@
+"""Qwen3-VL vision tower: patch embedding, ViT blocks with 2D rotary, 2x2 merger, DeepStack taps.
+
+Images arrive padded to a common patch count, `[I, N, patch_dim]`, with each image's valid patch
+count; attention never crosses images (per-image batch + key lengths: the block-diagonal attention
+of the reference without materialising it). Patches are in the reference's merge-block order, so
+every 4 consecutive patches form one merged LM token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alpamayo_jax.models import layers
+from alpamayo_jax.models.vlm import scanned_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """Shape and numerics of the vision tower (plain data)."""
+
+    depth: int
+    width: int
+    mlp_dim: int
+    num_heads: int
+    out_width: int
+    deepstack_layers: tuple[int, ...]
+    patch_size: int = 16
+    temporal_patch_size: int = 2
+    in_channels: int = 3
+    spatial_merge: int = 2
+    num_position_embeddings: int = 2304
+    rope_theta: float = 10000.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    attention_impl: str | None = None
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(depth=2, width=32, mlp_dim=64, num_heads=2, out_width=64, deepstack_layers=(0, 1)),
+    # Qwen3-VL-2B-Instruct config.json (vision_config).
+    "qwen3vl_2b": dict(depth=24, width=1024, mlp_dim=4096, num_heads=16, out_width=2048,
+                       deepstack_layers=(5, 11, 17)),
+    # Qwen3-VL-8B-Instruct config.json (vision_config).
+    "qwen3vl_8b": dict(depth=27, width=1152, mlp_dim=4304, num_heads=16, out_width=4096,
+                       deepstack_layers=(8, 16, 24)),
+}
+
+
+def vision_config(variant: str, **overrides: Any) -> VisionConfig:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown vision variant {variant!r}; known: {sorted(VARIANTS)}")
+    return VisionConfig(**{**VARIANTS[variant], **overrides})
+
+
+@flax.struct.dataclass
+class VisionInputs:
+    """Images for the tower, padded to N patches each (see `qwen3vl_inputs.vision_inputs`).
+
+    patches_inp `[I, N, patch_dim]`; lengths_i `[I]` valid patches per image; pos_index_in4 /
+    pos_weight_in4 `[I, N, 4]` bilinear taps into the learned position table; rope_pos_in2 `[I, N, 2]`
+    the (row, col) of each patch for the 2D rotary.
+    """
+
+    patches_inp: jax.Array
+    lengths_i: jax.Array
+    pos_index_in4: jax.Array
+    pos_weight_in4: jax.Array
+    rope_pos_in2: jax.Array
+
+
+def vision_cos_sin(rope_pos_in2: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """2D rotary angles `[I, N, head_dim]`: a quarter of the frequencies per axis, row then column."""
+    quarter = head_dim // 2
+    inv_freq = 1.0 / (theta ** (np.arange(0, quarter, 2, dtype=np.float64) / quarter))
+    freqs = rope_pos_in2.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)  # [I, N, 2, F]
+    angles = jnp.concatenate([freqs[..., 0, :], freqs[..., 1, :]], axis=-1)
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+class VisionBlock(nn.Module):
+    """Pre-norm ViT block in scan form; carry = (x, layer index, DeepStack buffer)."""
+
+    cfg: VisionConfig
+
+    @nn.compact
+    def __call__(self, carry, cos, sin, lengths_i, deepstack_slot):
+        cfg = self.cfg
+        dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
+        dense = dict(dtype=dtype, param_dtype=pdtype, use_bias=True)
+        x, i, taps = carry
+        h = layers.LayerNorm(1e-6, dtype, pdtype, name="norm1")(x)
+        qkv = layers.Dense((3, cfg.num_heads, cfg.head_dim), ("embed", "qkv", "q_heads", "head_dim"), name="qkv",
+                           **dense)(h)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q = layers.apply_rotary(q, cos, sin)
+        k = layers.apply_rotary(k, cos, sin)
+        attn = layers.attention(q, k, v, None, implementation=cfg.attention_impl, kv_lengths_b=lengths_i)
+        attn = attn.reshape(*attn.shape[:2], cfg.width)
+        x = x + layers.Dense(cfg.width, ("q_heads_head_dim", "embed"), name="proj", **dense)(attn)
+        h = layers.LayerNorm(1e-6, dtype, pdtype, name="norm2")(x)
+        h = layers.Dense(cfg.mlp_dim, ("embed", "mlp"), name="fc1", **dense)(h)
+        h = nn.gelu(h, approximate=True)
+        x = x + layers.Dense(cfg.width, ("mlp", "embed"), name="fc2", **dense)(h)
+        x = layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        taps = jax.lax.dynamic_update_index_in_dim(taps, x.astype(taps.dtype), deepstack_slot[i], 0)
+        return (x, i + 1, taps), None
+
+
+class PatchMerger(nn.Module):
+    """2x2 spatial merge: 4 consecutive patches -> one token of the LM width.
+
+    `postshuffle_norm` (the DeepStack mergers) normalises the concatenated 4*width vector instead
+    of each patch.
+    """
+
+    cfg: VisionConfig
+    postshuffle_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x_ind):
+        cfg = self.cfg
+        dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
+        dense = dict(dtype=dtype, param_dtype=pdtype, use_bias=True)
+        unit = cfg.spatial_merge**2
+        merged_width = cfg.width * unit
+        if not self.postshuffle_norm:
+            x_ind = layers.LayerNorm(1e-6, dtype, pdtype, name="norm")(x_ind)
+        x = x_ind.reshape(x_ind.shape[0], x_ind.shape[1] // unit, merged_width)
+        if self.postshuffle_norm:
+            x = layers.LayerNorm(1e-6, dtype, pdtype, name="norm")(x)
+        x = layers.Dense(merged_width, ("merged", "merged_out"), name="fc1", **dense)(x)
+        x = nn.gelu(x, approximate=False)
+        return layers.Dense(cfg.out_width, ("merged_out", "embed"), name="fc2", **dense)(x)
+
+
+class VisionTower(nn.Module):
+    """Images -> merged LM-width tokens `[I, N/4, D]` and DeepStack features `[n, I, N/4, D]`."""
+
+    cfg: VisionConfig
+
+    @nn.compact
+    def __call__(self, inputs: VisionInputs) -> tuple[jax.Array, jax.Array]:
+        cfg = self.cfg
+        dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
+        x = layers.Dense(cfg.width, ("patch", "embed"), use_bias=True, dtype=dtype, param_dtype=pdtype,
+                         name="patch_embed")(inputs.patches_inp)
+        pos_table = self.param(
+            "pos_embed",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vit_positions", "embed")),
+            (cfg.num_position_embeddings, cfg.width),
+            pdtype,
+        )
+        pos = jnp.einsum("inkd,ink->ind", pos_table.astype(jnp.float32)[inputs.pos_index_in4],
+                         inputs.pos_weight_in4.astype(jnp.float32))
+        x = (x + pos.astype(dtype)).astype(dtype)
+        cos, sin = vision_cos_sin(inputs.rope_pos_in2, cfg.head_dim, cfg.rope_theta)
+        num_taps = len(cfg.deepstack_layers)
+        slot_of_layer = np.full(cfg.depth, num_taps, np.int32)
+        for slot, layer in enumerate(cfg.deepstack_layers):
+            slot_of_layer[layer] = slot
+        taps = jnp.zeros((num_taps + 1, *x.shape), dtype)
+        blocks = scanned_layers(VisionBlock, cfg, cfg.depth, cfg.remat, "blocks")
+        (x, _, taps), _ = blocks((x, jnp.zeros((), jnp.int32), taps), cos, sin, inputs.lengths_i,
+                                 jnp.asarray(slot_of_layer))
+        merged = PatchMerger(cfg, name="merger")(x)
+        deepstack = jnp.stack(
+            [PatchMerger(cfg, postshuffle_norm=True, name=f"deepstack_merger_{j}")(taps[j]) for j in range(num_taps)]
+        )
+        return merged, deepstack

@@ -1,0 +1,273 @@
+"""Qwen3-VL text decoder: the VLM backbone's language tower.
+
+Grouped-query attention with per-head q/k RMSNorm, interleaved multimodal RoPE over (t, h, w)
+position streams, SwiGLU MLP, layers under `nn.scan` with a configurable remat policy, and a
+fixed-size KV cache so prefill and one-token decode compile once each. DeepStack visual features are
+added to the hidden states after the first layers, at the image-token positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from alpamayo_jax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Shape and numerics of the text decoder. Values are plain data (saved as JSON)."""
+
+    vocab_size: int
+    width: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    rms_eps: float = 1e-6
+    rope_theta: float = 5e6
+    mrope_sections: tuple[int, int, int] = (24, 20, 20)
+    tie_embeddings: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    attention_impl: str | None = None
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    # Tests on the CPU.
+    "tiny": dict(vocab_size=512, width=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128,
+                 mrope_sections=(4, 2, 2)),
+    # Qwen3-VL-2B-Instruct config.json (text_config); ties the LM head to the embedding.
+    "qwen3vl_2b": dict(vocab_size=151936, width=2048, num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
+                       mlp_dim=6144, tie_embeddings=True),
+    # Qwen3-VL-8B-Instruct config.json (text_config); the Alpamayo-R1 release backbone.
+    "qwen3vl_8b": dict(vocab_size=151936, width=4096, num_layers=36, num_heads=32, num_kv_heads=8, head_dim=128,
+                       mlp_dim=12288),
+}
+
+
+def text_config(variant: str, **overrides: Any) -> TextConfig:
+    """A preset from VARIANTS with overrides (e.g. dtype='bfloat16', vocab_size=...)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown text variant {variant!r}; known: {sorted(VARIANTS)}")
+    return TextConfig(**{**VARIANTS[variant], **overrides})
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Fixed-size per-layer key/value buffers.
+
+    k, v: `[layers, B, S, K, D]`; `valid_bs` marks filled slots that may be attended (padding and
+    unused slots are False); `index` is the next slot to write (shared by the batch; per-sample
+    lengths live in `valid_bs`).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    valid_bs: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def zeros(cls, cfg: TextConfig, batch: int, size: int, dtype: Any = None) -> KVCache:
+        dtype = layers.dtype_of(dtype or cfg.dtype)
+        shape = (cfg.num_layers, batch, size, cfg.num_kv_heads, cfg.head_dim)
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            valid_bs=jnp.zeros((batch, size), bool),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+
+class Attention(nn.Module):
+    """GQA self-attention with q/k norms and M-RoPE; optionally reads/writes a KV cache layer."""
+
+    cfg: TextConfig
+
+    @nn.compact
+    def __call__(self, x_bld, cos_bld, sin_bld, mask_bls, cache_kv=None, write_index=None):
+        cfg = self.cfg
+        dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
+        dense = dict(dtype=dtype, param_dtype=pdtype)
+        q = layers.Dense((cfg.num_heads, cfg.head_dim), ("embed", "q_heads", "head_dim"), name="q", **dense)(x_bld)
+        k = layers.Dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k", **dense)(x_bld)
+        v = layers.Dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v", **dense)(x_bld)
+        q = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="q_norm")(q)
+        k = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="k_norm")(k)
+        q = layers.apply_rotary(q, cos_bld, sin_bld)
+        k = layers.apply_rotary(k, cos_bld, sin_bld)
+        q = layers.constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
+        new_kv = (k, v)
+        if cache_kv is not None:
+            k_cache, v_cache = cache_kv
+            k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), write_index, axis=1)
+            v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), write_index, axis=1)
+            new_kv = (k_cache, v_cache)
+            k, v = k_cache.astype(dtype), v_cache.astype(dtype)
+        out = layers.attention(q, k, v, mask_bls, implementation=cfg.attention_impl)
+        out = layers.Dense(cfg.width, ("q_heads_head_dim", "embed"), name="o", **dense)(
+            out.reshape(*out.shape[:2], cfg.num_heads * cfg.head_dim)
+        )
+        return out, new_kv
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    width: int
+    mlp_dim: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        gate = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="gate", **kw)(x)
+        up = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="up", **kw)(x)
+        h = layers.constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+        return layers.Dense(self.width, ("mlp", "embed"), name="down", **kw)(h)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm decoder layer in scan form: `(carry, _) -> (carry, per-layer k/v)`.
+
+    carry = (hidden `[B, L, D]`, layer index, cache (k, v) `[layers, B, S, K, D]` or None). Broadcast
+    arguments: cos/sin, mask `[B, L, S]`, cache write index, DeepStack additions `[n, B, L, D]`.
+    """
+
+    cfg: TextConfig
+
+    @nn.compact
+    def __call__(self, carry, cos_bld, sin_bld, mask_bls, write_index, deepstack_nbld):
+        cfg = self.cfg
+        dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
+        h, i, cache = carry
+        layer_cache = None if cache is None else (cache[0][i], cache[1][i])
+        x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="input_norm")(h)
+        attn, kv = Attention(cfg, name="attn")(x, cos_bld, sin_bld, mask_bls, layer_cache, write_index)
+        h = h + attn
+        x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="post_norm")(h)
+        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, name="mlp")(x)
+        if deepstack_nbld is not None:
+            n = deepstack_nbld.shape[0]
+            add = jax.lax.dynamic_index_in_dim(deepstack_nbld, jnp.minimum(i, n - 1), keepdims=False)
+            h = h + jnp.where(i < n, add, jnp.zeros_like(add)).astype(h.dtype)
+        h = layers.constrain(h, ("activation_batch", "activation_length", "activation_embed"))
+        if cache is not None:
+            cache = (
+                jax.lax.dynamic_update_index_in_dim(cache[0], kv[0], i, 0),
+                jax.lax.dynamic_update_index_in_dim(cache[1], kv[1], i, 0),
+            )
+            kv = None
+        return (h, i + 1, cache), kv
+
+
+def scanned_layers(layer_cls: type[nn.Module], cfg: Any, num_layers: int, remat: str, name: str) -> nn.Module:
+    """`layer_cls` stacked over a leading 'layers' parameter axis under nn.scan (+ remat policy)."""
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; known: {sorted(REMAT_POLICIES)}")
+    if remat != "none":
+        layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    return nn.scan(
+        layer_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=nn.broadcast,
+        length=num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(cfg, name=name)
+
+
+class TextDecoder(nn.Module):
+    """Qwen3-VL language model: embed -> scanned decoder layers -> final norm -> LM head."""
+
+    cfg: TextConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self._dtype = layers.dtype_of(cfg.dtype)
+        pdtype = layers.dtype_of(cfg.param_dtype)
+        self.embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.width,
+            dtype=self._dtype,
+            param_dtype=pdtype,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+        )
+        self.layers = scanned_layers(DecoderLayer, cfg, cfg.num_layers, cfg.remat, "layers")
+        self.norm = layers.RMSNorm(cfg.rms_eps, self._dtype, pdtype)
+        if not cfg.tie_embeddings:
+            self.lm_head = layers.Dense(cfg.vocab_size, ("embed", "vocab"), dtype=self._dtype, param_dtype=pdtype)
+
+    def embed_tokens(self, tokens_bl: jax.Array) -> jax.Array:
+        return self.embed(tokens_bl)
+
+    def logits(self, hidden_bld: jax.Array) -> jax.Array:
+        """Float32 logits `[B, L, V]` from final hidden states."""
+        if self.cfg.tie_embeddings:
+            return self.embed.attend(hidden_bld).astype(jnp.float32)
+        return self.lm_head(hidden_bld).astype(jnp.float32)
+
+    def __call__(
+        self,
+        embeds_bld: jax.Array,
+        positions_3bl: jax.Array,
+        valid_bl: jax.Array,
+        cache: KVCache | None = None,
+        deepstack_nbld: jax.Array | None = None,
+    ) -> tuple[jax.Array, KVCache | tuple[jax.Array, jax.Array]]:
+        """Runs the decoder layers on input embeddings (causal attention, invalid tokens never attended).
+
+        Without a cache, keys are the inputs themselves and the per-layer (k, v) `[layers, B, L, K, D]`
+        are returned (the action expert reads them). With a cache, the inputs are written at
+        `cache.index` and the updated cache is returned. Returns (final-normed hidden `[B, L, D]`, kv or
+        cache).
+        """
+        cfg = self.cfg
+        if cache is None:
+            mask_bls = causal_mask(valid_bl)
+        else:
+            valid_bs = jax.lax.dynamic_update_slice_in_dim(cache.valid_bs, valid_bl, cache.index, axis=1)
+            cache = cache.replace(valid_bs=valid_bs)
+            mask_bls = cache_mask(valid_bs, cache.index, valid_bl.shape[1])
+        cos, sin = layers.mrope_cos_sin(positions_3bl, cfg.head_dim, cfg.rope_theta, cfg.mrope_sections)
+        h = layers.constrain(embeds_bld.astype(self._dtype), ("activation_batch", "activation_length", "activation_embed"))
+        kv_cache = None if cache is None else (cache.k, cache.v)
+        write_index = None if cache is None else cache.index
+        (h, _, kv_cache), kv = self.layers((h, jnp.zeros((), jnp.int32), kv_cache), cos, sin, mask_bls, write_index,
+                                           deepstack_nbld)
+        h = self.norm(h)
+        if cache is None:
+            return h, kv
+        length = embeds_bld.shape[1]
+        return h, KVCache(k=kv_cache[0], v=kv_cache[1], valid_bs=cache.valid_bs, index=cache.index + length)
+
+
+def causal_mask(valid_bl: jax.Array) -> jax.Array:
+    """`[B, L, L]` mask for a full sequence: causal and keys restricted to valid tokens."""
+    length = valid_bl.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    return causal[None] & valid_bl[:, None, :]
+
+
+def cache_mask(valid_bs: jax.Array, index: jax.Array, length: int) -> jax.Array:
+    """`[B, L, S]` mask for L new tokens written at slot `index` of a cache with slot validity `valid_bs`."""
+    size = valid_bs.shape[1]
+    q_slot = index + jnp.arange(length)
+    causal = jnp.arange(size)[None, :] <= q_slot[:, None]
+    return causal[None] & valid_bs[:, None, :]
