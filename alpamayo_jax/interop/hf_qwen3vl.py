@@ -76,7 +76,9 @@ def config_from_hf(hf: dict[str, Any], **numerics: Any) -> Qwen3VLConfig:
         rope_theta=float(vrope.get("rope_theta", 10000.0)),
     )
     if vision.out_width != text.width:
-        raise ValueError(f"config.json: vision out_hidden_size {vision.out_width} != text hidden_size {text.width}")
+        raise ValueError(
+            f"config.json: vision out_hidden_size {vision.out_width} != text hidden_size {text.width}"
+        )
     cfg = Qwen3VLConfig(
         text=text,
         vision=vision,
@@ -100,8 +102,12 @@ def hf_config_dict(cfg: Qwen3VLConfig) -> dict[str, Any]:
             head_dim=t.head_dim,
             intermediate_size=t.mlp_dim,
             rms_norm_eps=t.rms_eps,
-            rope_parameters=dict(rope_type="default", rope_theta=t.rope_theta, mrope_section=list(t.mrope_sections),
-                                 mrope_interleaved=True),
+            rope_parameters=dict(
+                rope_type="default",
+                rope_theta=t.rope_theta,
+                mrope_section=list(t.mrope_sections),
+                mrope_interleaved=True,
+            ),
             tie_word_embeddings=t.tie_embeddings,
         ),
         vision_config=dict(
@@ -168,21 +174,72 @@ def param_map(cfg: Qwen3VLConfig) -> list[Entry]:
     entries = [
         Entry(("text", "embed", "embedding"), lm + "embed_tokens.weight", (vocab, d), (vocab, d), _same),
         Entry(("text", "norm", "scale"), lm + "norm.weight", (d,), (d,), _same),
-        Entry(("text", "layers", "attn", "q", "kernel"), layer + "self_attn.q_proj.weight", (h * hd, d), (d, h, hd),
-              _reshape_t(d, h, hd), n),
-        Entry(("text", "layers", "attn", "k", "kernel"), layer + "self_attn.k_proj.weight", (k * hd, d), (d, k, hd),
-              _reshape_t(d, k, hd), n),
-        Entry(("text", "layers", "attn", "v", "kernel"), layer + "self_attn.v_proj.weight", (k * hd, d), (d, k, hd),
-              _reshape_t(d, k, hd), n),
-        Entry(("text", "layers", "attn", "o", "kernel"), layer + "self_attn.o_proj.weight", (d, h * hd), (h * hd, d),
-              _t, n),
-        Entry(("text", "layers", "attn", "q_norm", "scale"), layer + "self_attn.q_norm.weight", (hd,), (hd,), _same, n),
-        Entry(("text", "layers", "attn", "k_norm", "scale"), layer + "self_attn.k_norm.weight", (hd,), (hd,), _same, n),
-        Entry(("text", "layers", "mlp", "gate", "kernel"), layer + "mlp.gate_proj.weight", (f, d), (d, f), _t, n),
+        Entry(
+            ("text", "layers", "attn", "q", "kernel"),
+            layer + "self_attn.q_proj.weight",
+            (h * hd, d),
+            (d, h, hd),
+            _reshape_t(d, h, hd),
+            n,
+        ),
+        Entry(
+            ("text", "layers", "attn", "k", "kernel"),
+            layer + "self_attn.k_proj.weight",
+            (k * hd, d),
+            (d, k, hd),
+            _reshape_t(d, k, hd),
+            n,
+        ),
+        Entry(
+            ("text", "layers", "attn", "v", "kernel"),
+            layer + "self_attn.v_proj.weight",
+            (k * hd, d),
+            (d, k, hd),
+            _reshape_t(d, k, hd),
+            n,
+        ),
+        Entry(
+            ("text", "layers", "attn", "o", "kernel"),
+            layer + "self_attn.o_proj.weight",
+            (d, h * hd),
+            (h * hd, d),
+            _t,
+            n,
+        ),
+        Entry(
+            ("text", "layers", "attn", "q_norm", "scale"),
+            layer + "self_attn.q_norm.weight",
+            (hd,),
+            (hd,),
+            _same,
+            n,
+        ),
+        Entry(
+            ("text", "layers", "attn", "k_norm", "scale"),
+            layer + "self_attn.k_norm.weight",
+            (hd,),
+            (hd,),
+            _same,
+            n,
+        ),
+        Entry(
+            ("text", "layers", "mlp", "gate", "kernel"), layer + "mlp.gate_proj.weight", (f, d), (d, f), _t, n
+        ),
         Entry(("text", "layers", "mlp", "up", "kernel"), layer + "mlp.up_proj.weight", (f, d), (d, f), _t, n),
-        Entry(("text", "layers", "mlp", "down", "kernel"), layer + "mlp.down_proj.weight", (d, f), (f, d), _t, n),
-        Entry(("text", "layers", "input_norm", "scale"), layer + "input_layernorm.weight", (d,), (d,), _same, n),
-        Entry(("text", "layers", "post_norm", "scale"), layer + "post_attention_layernorm.weight", (d,), (d,), _same, n),
+        Entry(
+            ("text", "layers", "mlp", "down", "kernel"), layer + "mlp.down_proj.weight", (d, f), (f, d), _t, n
+        ),
+        Entry(
+            ("text", "layers", "input_norm", "scale"), layer + "input_layernorm.weight", (d,), (d,), _same, n
+        ),
+        Entry(
+            ("text", "layers", "post_norm", "scale"),
+            layer + "post_attention_layernorm.weight",
+            (d,),
+            (d,),
+            _same,
+            n,
+        ),
     ]
     if not t.tie_embeddings:
         entries.append(Entry(("text", "lm_head", "kernel"), "lm_head.weight", (vocab, d), (d, vocab), _t))
@@ -192,15 +249,37 @@ def param_map(cfg: Qwen3VLConfig) -> list[Entry]:
     nb = v.depth
     patch_kernel = (w, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
     entries += [
-        Entry(("vision", "patch_embed", "kernel"), vis + "patch_embed.proj.weight", patch_kernel, (pd, w),
-              lambda x: x.reshape(w, pd).T),
+        Entry(
+            ("vision", "patch_embed", "kernel"),
+            vis + "patch_embed.proj.weight",
+            patch_kernel,
+            (pd, w),
+            lambda x: x.reshape(w, pd).T,
+        ),
         Entry(("vision", "patch_embed", "bias"), vis + "patch_embed.proj.bias", (w,), (w,), _same),
-        Entry(("vision", "pos_embed"), vis + "pos_embed.weight", (v.num_position_embeddings, w),
-              (v.num_position_embeddings, w), _same),
-        Entry(("vision", "blocks", "qkv", "kernel"), blk + "attn.qkv.weight", (3 * w, w), (w, 3, vh, vhd),
-              _reshape_t(w, 3, vh, vhd), nb),
-        Entry(("vision", "blocks", "qkv", "bias"), blk + "attn.qkv.bias", (3 * w,), (3, vh, vhd),
-              _reshape(3, vh, vhd), nb),
+        Entry(
+            ("vision", "pos_embed"),
+            vis + "pos_embed.weight",
+            (v.num_position_embeddings, w),
+            (v.num_position_embeddings, w),
+            _same,
+        ),
+        Entry(
+            ("vision", "blocks", "qkv", "kernel"),
+            blk + "attn.qkv.weight",
+            (3 * w, w),
+            (w, 3, vh, vhd),
+            _reshape_t(w, 3, vh, vhd),
+            nb,
+        ),
+        Entry(
+            ("vision", "blocks", "qkv", "bias"),
+            blk + "attn.qkv.bias",
+            (3 * w,),
+            (3, vh, vhd),
+            _reshape(3, vh, vhd),
+            nb,
+        ),
         Entry(("vision", "blocks", "proj", "kernel"), blk + "attn.proj.weight", (w, w), (w, w), _t, nb),
         Entry(("vision", "blocks", "proj", "bias"), blk + "attn.proj.bias", (w,), (w,), _same, nb),
         Entry(("vision", "blocks", "fc1", "kernel"), blk + "mlp.linear_fc1.weight", (vf, w), (w, vf), _t, nb),
@@ -215,17 +294,33 @@ def param_map(cfg: Qwen3VLConfig) -> list[Entry]:
         ]
     mw = w * v.spatial_merge**2
     mergers = [("merger", vis + "merger.", w)] + [
-        (f"deepstack_merger_{j}", vis + f"deepstack_merger_list.{j}.", mw) for j in range(len(v.deepstack_layers))
+        (f"deepstack_merger_{j}", vis + f"deepstack_merger_list.{j}.", mw)
+        for j in range(len(v.deepstack_layers))
     ]
     for name, prefix, norm_width in mergers:
         entries += [
-            Entry(("vision", name, "norm", "scale"), prefix + "norm.weight", (norm_width,), (norm_width,), _same),
-            Entry(("vision", name, "norm", "bias"), prefix + "norm.bias", (norm_width,), (norm_width,), _same),
+            Entry(
+                ("vision", name, "norm", "scale"), prefix + "norm.weight", (norm_width,), (norm_width,), _same
+            ),
+            Entry(
+                ("vision", name, "norm", "bias"), prefix + "norm.bias", (norm_width,), (norm_width,), _same
+            ),
             Entry(("vision", name, "fc1", "kernel"), prefix + "linear_fc1.weight", (mw, mw), (mw, mw), _t),
             Entry(("vision", name, "fc1", "bias"), prefix + "linear_fc1.bias", (mw,), (mw,), _same),
-            Entry(("vision", name, "fc2", "kernel"), prefix + "linear_fc2.weight", (v.out_width, mw),
-                  (mw, v.out_width), _t),
-            Entry(("vision", name, "fc2", "bias"), prefix + "linear_fc2.bias", (v.out_width,), (v.out_width,), _same),
+            Entry(
+                ("vision", name, "fc2", "kernel"),
+                prefix + "linear_fc2.weight",
+                (v.out_width, mw),
+                (mw, v.out_width),
+                _t,
+            ),
+            Entry(
+                ("vision", name, "fc2", "bias"),
+                prefix + "linear_fc2.bias",
+                (v.out_width,),
+                (v.out_width,),
+                _same,
+            ),
         ]
     return entries
 
@@ -269,7 +364,9 @@ def check(ckpt: SafetensorsCheckpoint, entries: list[Entry], tied: bool) -> dict
 
 
 def iter_params(
-    ckpt: SafetensorsCheckpoint, cfg: Qwen3VLConfig, allocate: Callable[[tuple[str, ...], tuple, Any], np.ndarray]
+    ckpt: SafetensorsCheckpoint,
+    cfg: Qwen3VLConfig,
+    allocate: Callable[[tuple[str, ...], tuple, Any], np.ndarray],
 ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     """Yields (path, array) for every parameter, filling arrays from `allocate(path, shape, dtype)`
     layer by layer, so only one source tensor is read at a time."""
@@ -309,7 +406,8 @@ def memmap_allocator(directory: str) -> Callable[[tuple[str, ...], tuple, Any], 
     """Allocates each parameter as a disk-backed array under `directory` (bounded RAM)."""
 
     def allocate(path: tuple[str, ...], shape: tuple, dtype: Any) -> np.ndarray:
-        return np.lib.format.open_memmap(os.path.join(directory, "__".join(path) + ".npy"), mode="w+", dtype=dtype,
-                                         shape=shape)
+        return np.lib.format.open_memmap(
+            os.path.join(directory, "__".join(path) + ".npy"), mode="w+", dtype=dtype, shape=shape
+        )
 
     return allocate

@@ -56,7 +56,9 @@ def _read_header(path: str) -> dict[str, TensorInfo]:
         if meta["dtype"] not in DTYPES:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
         begin, end = meta["data_offsets"]
-        out[name] = TensorInfo(path, meta["dtype"], tuple(meta["shape"]), data_start + begin, data_start + end)
+        out[name] = TensorInfo(
+            path, meta["dtype"], tuple(meta["shape"]), data_start + begin, data_start + end
+        )
     return out
 
 
@@ -73,7 +75,9 @@ class SafetensorsCheckpoint:
         elif os.path.exists(single):
             files = ["model.safetensors"]
         else:
-            raise FileNotFoundError(f"{directory}: neither model.safetensors nor model.safetensors.index.json")
+            raise FileNotFoundError(
+                f"{directory}: neither model.safetensors nor model.safetensors.index.json"
+            )
         self.tensors: dict[str, TensorInfo] = {}
         for name in files:
             path = os.path.join(directory, name)

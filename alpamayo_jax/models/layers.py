@@ -61,10 +61,16 @@ class LayerNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         d = x.shape[-1]
         scale = self.param(
-            "scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)), (d,), self.param_dtype
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+            (d,),
+            self.param_dtype,
         )
         bias = self.param(
-            "bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)), (d,), self.param_dtype
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)),
+            (d,),
+            self.param_dtype,
         )
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
@@ -93,11 +99,16 @@ class Dense(nn.Module):
         init = self.kernel_init
         if len(features) > 1:
             init = _fan_in_init(self.kernel_init, x.shape[-1], int(np.prod(features)))
-        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), kernel_shape, self.param_dtype)
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(init, self.axes), kernel_shape, self.param_dtype
+        )
         y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=((x.ndim - 1,), (0,)))
         if self.use_bias:
             bias = self.param(
-                "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]), features, self.param_dtype
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
+                features,
+                self.param_dtype,
             )
             y = y + bias.astype(self.dtype)
         return y

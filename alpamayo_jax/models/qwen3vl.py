@@ -48,7 +48,9 @@ class Qwen3VLConfig:
 
 
 VARIANTS = {
-    "tiny": dict(text="tiny", vision="tiny", image_token_id=500, vision_start_token_id=501, vision_end_token_id=502),
+    "tiny": dict(
+        text="tiny", vision="tiny", image_token_id=500, vision_start_token_id=501, vision_end_token_id=502
+    ),
     "qwen3vl_2b": dict(text="qwen3vl_2b", vision="qwen3vl_2b"),
     "qwen3vl_8b": dict(text="qwen3vl_8b", vision="qwen3vl_8b"),
 }

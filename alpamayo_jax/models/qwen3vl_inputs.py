@@ -7,22 +7,45 @@ model sees only static shapes.
 
 from __future__ import annotations
 
+import flax.struct
+import jax
 import numpy as np
 
+from alpamayo_jax.models.qwen3vl import Qwen3VLConfig
 from alpamayo_jax.models.vision import VisionConfig, VisionInputs
+
+
+@flax.struct.dataclass
+class PromptInputs:
+    """A batch of token sequences with their images, ready for `Qwen3VL` (static shapes).
+
+    tokens/valid `[B, L]` (valid False on padding), positions `[3, B, L]`, the position after each
+    prompt `[B]`, and the images with the flat feature row of each placeholder (`-1` elsewhere).
+    """
+
+    tokens_bl: jax.Array
+    positions_3bl: jax.Array
+    valid_bl: jax.Array
+    next_position_b: jax.Array
+    images: VisionInputs | None = None
+    image_slots_bl: jax.Array | None = None
 
 
 def split_temporal(grid_thw: np.ndarray) -> np.ndarray:
     """Each (t, h, w) entry becomes t entries (1, h, w): the reference attends within one frame."""
     grid_thw = np.asarray(grid_thw, np.int64).reshape(-1, 3)
-    return np.repeat(np.concatenate([np.ones_like(grid_thw[:, :1]), grid_thw[:, 1:]], 1), grid_thw[:, 0], axis=0)
+    return np.repeat(
+        np.concatenate([np.ones_like(grid_thw[:, :1]), grid_thw[:, 1:]], 1), grid_thw[:, 0], axis=0
+    )
 
 
 def _merge_block_rows_cols(h: int, w: int, merge: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, col) of each patch of an h x w grid in merge-block order (block row, block col, in-row, in-col)."""
+    """(row, col) of each patch of an h x w grid in merge-block order (block row/col, in-row/col)."""
     rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     shape = (h // merge, merge, w // merge, merge)
-    return rows.reshape(shape).transpose(0, 2, 1, 3).ravel(), cols.reshape(shape).transpose(0, 2, 1, 3).ravel()
+    return rows.reshape(shape).transpose(0, 2, 1, 3).ravel(), cols.reshape(shape).transpose(
+        0, 2, 1, 3
+    ).ravel()
 
 
 def _bilinear_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +120,9 @@ def image_slots(
     grid = split_temporal(grid_thw)
     per_entry = grid[:, 1] * grid[:, 2] // merge**2
     if is_image.sum() != per_entry.sum():
-        raise ValueError(f"input_ids hold {int(is_image.sum())} image tokens but the images give {per_entry.sum()}")
+        raise ValueError(
+            f"input_ids hold {int(is_image.sum())} image tokens but the images give {per_entry.sum()}"
+        )
     rows = np.concatenate([e * tokens_per_entry + np.arange(n) for e, n in enumerate(per_entry)])
     slots[is_image] = rows
     return slots
@@ -118,7 +143,9 @@ def mrope_positions(
     """
     input_ids = np.asarray(input_ids)
     batch, length = input_ids.shape
-    mask = np.ones_like(input_ids, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    mask = (
+        np.ones_like(input_ids, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    )
     grids = iter(split_temporal(grid_thw)) if grid_thw is not None else iter(())
     positions = np.zeros((3, batch, length), np.int64)
     next_pos = np.zeros(batch, np.int64)
@@ -149,7 +176,9 @@ def mrope_positions(
                 rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
                 n = gh * gw
                 if n > run:
-                    raise ValueError(f"sample {b}: an image needs {n} tokens but its placeholder run has {run}")
+                    raise ValueError(
+                        f"sample {b}: an image needs {n} tokens but its placeholder run has {run}"
+                    )
                 out[0, i : i + n] = pos
                 out[1, i : i + n] = pos + rows.ravel()
                 out[2, i : i + n] = pos + cols.ravel()
@@ -159,3 +188,48 @@ def mrope_positions(
         positions[:, b, idx] = out
         next_pos[b] = out.max() + 1 if len(idx) else 0
     return positions.astype(np.int32), next_pos.astype(np.int32)
+
+
+def prompt_inputs(
+    cfg: Qwen3VLConfig,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None = None,
+    pixel_values: np.ndarray | None = None,
+    image_grid_thw: np.ndarray | None = None,
+    pad_patches: int | None = None,
+) -> PromptInputs:
+    """PromptInputs from the arrays a transformers Qwen3-VL processor returns."""
+    input_ids = np.asarray(input_ids, np.int64)
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+    if np.any(input_ids < 0) or np.any(input_ids >= cfg.text.vocab_size):
+        raise ValueError(f"input_ids hold ids outside the vocabulary [0, {cfg.text.vocab_size})")
+    valid = (
+        np.ones(input_ids.shape, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    )
+    if valid.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {valid.shape} != input_ids shape {input_ids.shape}")
+    merge = cfg.vision.spatial_merge
+    if (pixel_values is None) != (image_grid_thw is None):
+        raise ValueError("pixel_values and image_grid_thw must be given together")
+    positions, next_pos = mrope_positions(input_ids, valid, image_grid_thw, cfg.image_token_id, merge)
+    images, slots = None, None
+    if pixel_values is not None:
+        images = vision_inputs(pixel_values, image_grid_thw, cfg.vision, pad_patches)
+        slots = image_slots(
+            np.where(valid, input_ids, -1),
+            image_grid_thw,
+            cfg.image_token_id,
+            merge,
+            images.patches_inp.shape[1] // merge**2,
+        )
+    elif np.any((input_ids == cfg.image_token_id) & valid):
+        raise ValueError("input_ids hold image tokens but no pixel_values were given")
+    return PromptInputs(
+        tokens_bl=input_ids.astype(np.int32),
+        positions_3bl=positions,
+        valid_bl=valid,
+        next_position_b=next_pos,
+        images=images,
+        image_slots_bl=slots,
+    )

@@ -54,11 +54,13 @@ class VisionConfig:
 VARIANTS: dict[str, dict[str, Any]] = {
     "tiny": dict(depth=2, width=32, mlp_dim=64, num_heads=2, out_width=64, deepstack_layers=(0, 1)),
     # Qwen3-VL-2B-Instruct config.json (vision_config).
-    "qwen3vl_2b": dict(depth=24, width=1024, mlp_dim=4096, num_heads=16, out_width=2048,
-                       deepstack_layers=(5, 11, 17)),
+    "qwen3vl_2b": dict(
+        depth=24, width=1024, mlp_dim=4096, num_heads=16, out_width=2048, deepstack_layers=(5, 11, 17)
+    ),
     # Qwen3-VL-8B-Instruct config.json (vision_config).
-    "qwen3vl_8b": dict(depth=27, width=1152, mlp_dim=4304, num_heads=16, out_width=4096,
-                       deepstack_layers=(8, 16, 24)),
+    "qwen3vl_8b": dict(
+        depth=27, width=1152, mlp_dim=4304, num_heads=16, out_width=4096, deepstack_layers=(8, 16, 24)
+    ),
 }
 
 
@@ -106,8 +108,9 @@ class VisionBlock(nn.Module):
         dense = dict(dtype=dtype, param_dtype=pdtype, use_bias=True)
         x, i, taps = carry
         h = layers.LayerNorm(1e-6, dtype, pdtype, name="norm1")(x)
-        qkv = layers.Dense((3, cfg.num_heads, cfg.head_dim), ("embed", "qkv", "q_heads", "head_dim"), name="qkv",
-                           **dense)(h)
+        qkv = layers.Dense(
+            (3, cfg.num_heads, cfg.head_dim), ("embed", "qkv", "q_heads", "head_dim"), name="qkv", **dense
+        )(h)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = layers.apply_rotary(q, cos, sin)
         k = layers.apply_rotary(k, cos, sin)
@@ -159,16 +162,20 @@ class VisionTower(nn.Module):
     def __call__(self, inputs: VisionInputs) -> tuple[jax.Array, jax.Array]:
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
-        x = layers.Dense(cfg.width, ("patch", "embed"), use_bias=True, dtype=dtype, param_dtype=pdtype,
-                         name="patch_embed")(inputs.patches_inp)
+        x = layers.Dense(
+            cfg.width, ("patch", "embed"), use_bias=True, dtype=dtype, param_dtype=pdtype, name="patch_embed"
+        )(inputs.patches_inp)
         pos_table = self.param(
             "pos_embed",
             nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vit_positions", "embed")),
             (cfg.num_position_embeddings, cfg.width),
             pdtype,
         )
-        pos = jnp.einsum("inkd,ink->ind", pos_table.astype(jnp.float32)[inputs.pos_index_in4],
-                         inputs.pos_weight_in4.astype(jnp.float32))
+        pos = jnp.einsum(
+            "inkd,ink->ind",
+            pos_table.astype(jnp.float32)[inputs.pos_index_in4],
+            inputs.pos_weight_in4.astype(jnp.float32),
+        )
         x = (x + pos.astype(dtype)).astype(dtype)
         cos, sin = vision_cos_sin(inputs.rope_pos_in2, cfg.head_dim, cfg.rope_theta)
         num_taps = len(cfg.deepstack_layers)
@@ -177,10 +184,14 @@ class VisionTower(nn.Module):
             slot_of_layer[layer] = slot
         taps = jnp.zeros((num_taps + 1, *x.shape), dtype)
         blocks = scanned_layers(VisionBlock, cfg, cfg.depth, cfg.remat, "blocks")
-        (x, _, taps), _ = blocks((x, jnp.zeros((), jnp.int32), taps), cos, sin, inputs.lengths_i,
-                                 jnp.asarray(slot_of_layer))
+        (x, _, taps), _ = blocks(
+            (x, jnp.zeros((), jnp.int32), taps), cos, sin, inputs.lengths_i, jnp.asarray(slot_of_layer)
+        )
         merged = PatchMerger(cfg, name="merger")(x)
         deepstack = jnp.stack(
-            [PatchMerger(cfg, postshuffle_norm=True, name=f"deepstack_merger_{j}")(taps[j]) for j in range(num_taps)]
+            [
+                PatchMerger(cfg, postshuffle_norm=True, name=f"deepstack_merger_{j}")(taps[j])
+                for j in range(num_taps)
+            ]
         )
         return merged, deepstack

@@ -42,14 +42,37 @@ class TextConfig:
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # Tests on the CPU.
-    "tiny": dict(vocab_size=512, width=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=128,
-                 mrope_sections=(4, 2, 2)),
+    "tiny": dict(
+        vocab_size=512,
+        width=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        mlp_dim=128,
+        mrope_sections=(4, 2, 2),
+    ),
     # Qwen3-VL-2B-Instruct config.json (text_config); ties the LM head to the embedding.
-    "qwen3vl_2b": dict(vocab_size=151936, width=2048, num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
-                       mlp_dim=6144, tie_embeddings=True),
+    "qwen3vl_2b": dict(
+        vocab_size=151936,
+        width=2048,
+        num_layers=28,
+        num_heads=16,
+        num_kv_heads=8,
+        head_dim=128,
+        mlp_dim=6144,
+        tie_embeddings=True,
+    ),
     # Qwen3-VL-8B-Instruct config.json (text_config); the Alpamayo-R1 release backbone.
-    "qwen3vl_8b": dict(vocab_size=151936, width=4096, num_layers=36, num_heads=32, num_kv_heads=8, head_dim=128,
-                       mlp_dim=12288),
+    "qwen3vl_8b": dict(
+        vocab_size=151936,
+        width=4096,
+        num_layers=36,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        mlp_dim=12288,
+    ),
 }
 
 
@@ -104,9 +127,15 @@ class Attention(nn.Module):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dense = dict(dtype=dtype, param_dtype=pdtype)
-        q = layers.Dense((cfg.num_heads, cfg.head_dim), ("embed", "q_heads", "head_dim"), name="q", **dense)(x_bld)
-        k = layers.Dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k", **dense)(x_bld)
-        v = layers.Dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v", **dense)(x_bld)
+        q = layers.Dense((cfg.num_heads, cfg.head_dim), ("embed", "q_heads", "head_dim"), name="q", **dense)(
+            x_bld
+        )
+        k = layers.Dense(
+            (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k", **dense
+        )(x_bld)
+        v = layers.Dense(
+            (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v", **dense
+        )(x_bld)
         q = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="q_norm")(q)
         k = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="k_norm")(k)
         q = layers.apply_rotary(q, cos_bld, sin_bld)
@@ -115,8 +144,12 @@ class Attention(nn.Module):
         new_kv = (k, v)
         if cache_kv is not None:
             k_cache, v_cache = cache_kv
-            k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), write_index, axis=1)
-            v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), write_index, axis=1)
+            k_cache = jax.lax.dynamic_update_slice_in_dim(
+                k_cache, k.astype(k_cache.dtype), write_index, axis=1
+            )
+            v_cache = jax.lax.dynamic_update_slice_in_dim(
+                v_cache, v.astype(v_cache.dtype), write_index, axis=1
+            )
             new_kv = (k_cache, v_cache)
             k, v = k_cache.astype(dtype), v_cache.astype(dtype)
         out = layers.attention(q, k, v, mask_bls, implementation=cfg.attention_impl)
@@ -212,7 +245,9 @@ class TextDecoder(nn.Module):
         self.layers = scanned_layers(DecoderLayer, cfg, cfg.num_layers, cfg.remat, "layers")
         self.norm = layers.RMSNorm(cfg.rms_eps, self._dtype, pdtype)
         if not cfg.tie_embeddings:
-            self.lm_head = layers.Dense(cfg.vocab_size, ("embed", "vocab"), dtype=self._dtype, param_dtype=pdtype)
+            self.lm_head = layers.Dense(
+                cfg.vocab_size, ("embed", "vocab"), dtype=self._dtype, param_dtype=pdtype
+            )
 
     def embed_tokens(self, tokens_bl: jax.Array) -> jax.Array:
         return self.embed(tokens_bl)
@@ -246,11 +281,14 @@ class TextDecoder(nn.Module):
             cache = cache.replace(valid_bs=valid_bs)
             mask_bls = cache_mask(valid_bs, cache.index, valid_bl.shape[1])
         cos, sin = layers.mrope_cos_sin(positions_3bl, cfg.head_dim, cfg.rope_theta, cfg.mrope_sections)
-        h = layers.constrain(embeds_bld.astype(self._dtype), ("activation_batch", "activation_length", "activation_embed"))
+        h = layers.constrain(
+            embeds_bld.astype(self._dtype), ("activation_batch", "activation_length", "activation_embed")
+        )
         kv_cache = None if cache is None else (cache.k, cache.v)
         write_index = None if cache is None else cache.index
-        (h, _, kv_cache), kv = self.layers((h, jnp.zeros((), jnp.int32), kv_cache), cos, sin, mask_bls, write_index,
-                                           deepstack_nbld)
+        (h, _, kv_cache), kv = self.layers(
+            (h, jnp.zeros((), jnp.int32), kv_cache), cos, sin, mask_bls, write_index, deepstack_nbld
+        )
         h = self.norm(h)
         if cache is None:
             return h, kv

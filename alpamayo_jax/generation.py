@@ -1,0 +1,146 @@
+"""KV-cached autoregressive decoding of the Qwen3-VL backbone, compiled as one program.
+
+Prefill writes the prompt into a fixed-size cache; the decode loop runs inside `lax.while_loop`
+(one compilation for any number of steps up to the budget). Token choice: greedy, or temperature
+with nucleus (top-p) sampling; banned ids (e.g. trajectory tokens while reasoning) are masked; each
+sample stops at its own stop token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from alpamayo_jax.models.qwen3vl import Qwen3VL
+from alpamayo_jax.models.qwen3vl_inputs import PromptInputs
+from alpamayo_jax.models.vlm import KVCache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """temperature 0 = greedy. `stop_token` ends a sample (it is kept in the output)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop_token: int | None = None
+
+
+def choose_token(
+    logits_bv: jax.Array, rng: jax.Array, cfg: SamplingConfig, banned_v: jax.Array | None
+) -> jax.Array:
+    """Greedy or temperature + top-p sampling over float32 logits `[B, V]`."""
+    logits = logits_bv.astype(jnp.float32)
+    if banned_v is not None:
+        logits = jnp.where(banned_v[None, :], -jnp.inf, logits)
+    if cfg.temperature <= 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / cfg.temperature
+    if cfg.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        cum = jnp.cumsum(probs, axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always survives).
+        keep = (cum - probs) < cfg.top_p
+        threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def last_valid_logits(logits_blv: jax.Array, valid_bl: jax.Array) -> jax.Array:
+    """Logits at each sample's last valid prompt token (left or right padding)."""
+    length = valid_bl.shape[1]
+    last = length - 1 - jnp.argmax(valid_bl[:, ::-1], axis=1)
+    return jnp.take_along_axis(logits_blv, last[:, None, None], axis=1)[:, 0]
+
+
+def prefill(model: Qwen3VL, params: Any, prompt: PromptInputs, cache_size: int) -> tuple[jax.Array, KVCache]:
+    """Runs the prompt into a fresh cache; returns (next-token logits `[B, V]`, cache)."""
+    batch = prompt.tokens_bl.shape[0]
+    cache = KVCache.zeros(model.cfg.text, batch, cache_size)
+    logits, cache = model.apply(
+        {"params": params},
+        prompt.tokens_bl,
+        prompt.positions_3bl,
+        prompt.valid_bl,
+        prompt.images,
+        prompt.image_slots_bl,
+        cache,
+    )
+    return last_valid_logits(logits, prompt.valid_bl), cache
+
+
+def decode(
+    model: Qwen3VL,
+    params: Any,
+    logits_bv: jax.Array,
+    cache: KVCache,
+    next_position_b: jax.Array,
+    rng: jax.Array,
+    max_new_tokens: int,
+    sampling: SamplingConfig = SamplingConfig(),
+    banned_v: jax.Array | None = None,
+    min_new_tokens: int = 0,
+) -> tuple[jax.Array, jax.Array, KVCache]:
+    """Decodes up to `max_new_tokens` per sample after a prefill.
+
+    Returns (tokens `[B, max_new_tokens]` padded with 0 after a sample stops, lengths `[B]`, cache).
+    Stop tokens are ignored before `min_new_tokens` (forced lengths for timing).
+    """
+    batch = logits_bv.shape[0]
+
+    def cond(state):
+        step, _, _, _, done, _, _ = state
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        step, logits, cache, pos, done, out, rng = state
+        rng, sub = jax.random.split(rng)
+        token = choose_token(logits, sub, sampling, banned_v)
+        token = jnp.where(done, 0, token)
+        out = out.at[:, step].set(token)
+        stopped = jnp.zeros_like(done)
+        if sampling.stop_token is not None:
+            stopped = (token == sampling.stop_token) & (step + 1 >= min_new_tokens)
+        logits, cache = model.apply(
+            {"params": params}, token[:, None], pos, cache, method=Qwen3VL.decode_step
+        )
+        return step + 1, logits, cache, pos + 1, done | stopped, out, rng
+
+    out = jnp.zeros((batch, max_new_tokens), jnp.int32)
+    done = jnp.zeros((batch,), bool)
+    init = (jnp.zeros((), jnp.int32), logits_bv, cache, next_position_b.astype(jnp.int32), done, out, rng)
+    steps, _, cache, _, _, out, _ = jax.lax.while_loop(cond, body, init)
+    return out, _lengths(out, steps, sampling.stop_token, min_new_tokens), cache
+
+
+def _lengths(
+    tokens_bn: jax.Array, steps: jax.Array, stop_token: int | None, min_new_tokens: int
+) -> jax.Array:
+    """Per-sample generated length: up to and including the first counted stop token, else all steps."""
+    if stop_token is None:
+        return jnp.full(tokens_bn.shape[:1], steps, jnp.int32)
+    counted = jnp.arange(tokens_bn.shape[1])[None, :] + 1 >= min_new_tokens
+    is_stop = (tokens_bn == stop_token) & counted
+    first = jnp.argmax(is_stop, axis=1)
+    return jnp.where(is_stop.any(axis=1), first + 1, steps).astype(jnp.int32)
+
+
+def generate(
+    model: Qwen3VL,
+    params: Any,
+    prompt: PromptInputs,
+    max_new_tokens: int,
+    sampling: SamplingConfig = SamplingConfig(),
+    rng: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Prefill + decode (jit this whole function with `model`, `max_new_tokens`, `sampling` static)."""
+    rng = jax.random.key(0) if rng is None else rng
+    cache_size = prompt.tokens_bl.shape[1] + max_new_tokens
+    logits, cache = prefill(model, params, prompt, cache_size)
+    tokens, lengths, _ = decode(
+        model, params, logits, cache, prompt.next_position_b, rng, max_new_tokens, sampling
+    )
+    return tokens, lengths

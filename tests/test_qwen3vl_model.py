@@ -1,0 +1,101 @@
+"""Qwen3-VL at full size (shapes only) and tiny-size numerics options."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from hf_util import image_prompt
+from transformers import Qwen3VLConfig as HFConfig
+from transformers import Qwen3VLForConditionalGeneration
+
+from alpamayo_jax.interop.hf_qwen3vl import hf_config_dict, param_map
+from alpamayo_jax.models import qwen3vl, qwen3vl_inputs
+
+
+def abstract_params(cfg: qwen3vl.Qwen3VLConfig):
+    """Shapes of every parameter via jax.eval_shape (nothing allocated)."""
+    model = qwen3vl.Qwen3VL(cfg)
+    arrays = image_prompt(cfg, [[(1, 4, 4)]], [[1, 2]], np.random.default_rng(0))
+    prompt = qwen3vl_inputs.prompt_inputs(cfg, **arrays)
+    return jax.eval_shape(
+        lambda: model.init(
+            jax.random.key(0),
+            prompt.tokens_bl,
+            prompt.positions_3bl,
+            prompt.valid_bl,
+            prompt.images,
+            prompt.image_slots_bl,
+        )
+    )["params"]
+
+
+@pytest.mark.parametrize("variant", ["qwen3vl_2b", "qwen3vl_8b"])
+def test_full_size_parameter_count_equals_transformers(variant):
+    cfg = qwen3vl.qwen3vl_config(variant)
+    shapes = abstract_params(cfg)
+    ours = sum(
+        int(np.prod(x.value.shape if isinstance(x, nn.LogicallyPartitioned) else x.shape))
+        for x in jax.tree_util.tree_leaves(shapes, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    )
+    with torch.device("meta"):
+        hf = Qwen3VLForConditionalGeneration(HFConfig(**hf_config_dict(cfg)))
+    theirs = sum(p.numel() for p in hf.parameters())
+    assert ours == theirs
+    expected = {"qwen3vl_2b": (2.0e9, 2.3e9), "qwen3vl_8b": (8.5e9, 8.9e9)}[variant]
+    assert expected[0] < ours < expected[1]
+
+
+@pytest.mark.parametrize("variant", ["tiny", "qwen3vl_8b"])
+def test_every_parameter_has_logical_axes_and_a_checkpoint_source(variant):
+    cfg = qwen3vl.qwen3vl_config(variant)
+    shapes = abstract_params(cfg)
+    leaves = jax.tree_util.tree_leaves_with_path(
+        shapes, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )
+    mapped = {e.path: e for e in param_map(cfg)}
+    for path, leaf in leaves:
+        keys = tuple(k.key for k in path)
+        assert isinstance(leaf, nn.LogicallyPartitioned), keys
+        assert len(leaf.names) == len(leaf.value.shape) and all(leaf.names), keys
+        entry = mapped.pop(keys)
+        assert ((entry.layers,) if entry.layers else ()) + entry.shape == leaf.value.shape, keys
+    assert not mapped, f"map entries without a parameter: {sorted(mapped)}"
+
+
+def test_bf16_and_remat_variants_agree_with_float32():
+    cfg32 = qwen3vl.qwen3vl_config("tiny")
+    arrays = image_prompt(cfg32, [[(1, 4, 4)], [(1, 2, 2)]], [[5, 6, 7], [8, 9]], np.random.default_rng(1))
+    prompt = qwen3vl_inputs.prompt_inputs(cfg32, **arrays)
+    args = (prompt.tokens_bl, prompt.positions_3bl, prompt.valid_bl, prompt.images, prompt.image_slots_bl)
+    params = nn.unbox(qwen3vl.Qwen3VL(cfg32).init(jax.random.key(0), *args))["params"]
+    ref, _ = qwen3vl.Qwen3VL(cfg32).apply({"params": params}, *args)
+    remat = cfg32.with_numerics(remat="full")
+    out, _ = qwen3vl.Qwen3VL(remat).apply({"params": params}, *args)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+    def loss(p, cfg):
+        logits, _ = qwen3vl.Qwen3VL(cfg).apply({"params": p}, *args)
+        return jnp.mean(jax.nn.logsumexp(logits, -1))
+
+    g_ref = jax.grad(loss)(params, cfg32)
+    g_remat = jax.grad(loss)(params, remat)
+    for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_remat), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    bf16 = cfg32.with_numerics(dtype="bfloat16")
+    out16, _ = qwen3vl.Qwen3VL(bf16).apply({"params": params}, *args)
+    assert out16.dtype == jnp.float32
+    valid = np.asarray(prompt.valid_bl)
+    rel = np.linalg.norm((out16 - ref)[valid]) / np.linalg.norm(ref[valid])
+    assert rel < 3e-2
+
+
+def test_config_round_trips_through_json():
+    for variant in qwen3vl.VARIANTS:
+        cfg = qwen3vl.qwen3vl_config(variant, dtype="bfloat16")
+        assert qwen3vl.Qwen3VLConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="unknown Qwen3-VL variant"):
+        qwen3vl.qwen3vl_config("qwen3vl_80b")
