@@ -50,9 +50,8 @@ def choose_token(
 
 
 def last_valid_logits(logits_blv: jax.Array, valid_bl: jax.Array) -> jax.Array:
-    """Logits at each sample's last valid prompt token (left or right padding)."""
-    length = valid_bl.shape[1]
-    last = length - 1 - jnp.argmax(valid_bl[:, ::-1], axis=1)
+    """Logits at each (right-padded) sample's last valid prompt token."""
+    last = jnp.maximum(valid_bl.sum(axis=1) - 1, 0)
     return jnp.take_along_axis(logits_blv, last[:, None, None], axis=1)[:, 0]
 
 
@@ -105,7 +104,7 @@ def decode(
         if sampling.stop_token is not None:
             stopped = (token == sampling.stop_token) & (step + 1 >= min_new_tokens)
         logits, cache = model.apply(
-            {"params": params}, token[:, None], pos, cache, method=Qwen3VL.decode_step
+            {"params": params}, token[:, None], pos, cache, ~done, method=Qwen3VL.decode_step
         )
         return step + 1, logits, cache, pos + 1, done | stopped, out, rng
 

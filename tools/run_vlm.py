@@ -25,7 +25,8 @@ from alpamayo_jax.models import qwen3vl, qwen3vl_inputs
 KNOWN = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"}
 
 
-def read_inputs(path: str, cfg: qwen3vl.Qwen3VLConfig) -> qwen3vl_inputs.PromptInputs:
+def read_inputs(path: str, cfg: qwen3vl.Qwen3VLConfig) -> tuple[qwen3vl_inputs.PromptInputs, np.ndarray]:
+    """The prompt (right-padded for the model) and the inverse permutation back to the file's layout."""
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files}
     unknown = set(arrays) - KNOWN
@@ -43,14 +44,16 @@ def read_inputs(path: str, cfg: qwen3vl.Qwen3VLConfig) -> qwen3vl_inputs.PromptI
             raise ValueError(f"{path}: video tokens (mm_token_type_ids == 2) are not supported")
         if not np.array_equal(mm == 1, arrays["input_ids"] == cfg.image_token_id):
             raise ValueError(f"{path}: mm_token_type_ids disagrees with the image tokens in input_ids")
-    return qwen3vl_inputs.prompt_inputs(cfg, **arrays)
+    mask = arrays.get("attention_mask", np.ones(arrays["input_ids"].shape, bool))
+    undo = np.argsort(qwen3vl_inputs.right_align_order(mask), axis=1)
+    return qwen3vl_inputs.prompt_inputs(cfg, **arrays), undo
 
 
 def run(ckpt: str, inputs: str, out: str, generate: int = 0, precision: str = "highest") -> None:
     jax.config.update("jax_default_matmul_precision", precision)
     cfg = model_dir.load_config(ckpt)
     params = model_dir.load_params(ckpt)
-    prompt = read_inputs(inputs, cfg)
+    prompt, undo = read_inputs(inputs, cfg)
     model = qwen3vl.Qwen3VL(cfg)
     logits, _ = jax.jit(model.apply)(
         {"params": params},
@@ -60,7 +63,7 @@ def run(ckpt: str, inputs: str, out: str, generate: int = 0, precision: str = "h
         prompt.images,
         prompt.image_slots_bl,
     )
-    result = {"logits": np.asarray(logits, np.float32)}
+    result = {"logits": np.take_along_axis(np.asarray(logits, np.float32), undo[:, :, None], 1)}
     if generate > 0:
         tokens, _ = jax.jit(generation.generate, static_argnums=(0, 3))(model, params, prompt, generate)
         result["tokens"] = np.asarray(tokens)

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
-NEG_INF = -1e30
 
 
 def dtype_of(name: str | Dtype) -> Dtype:
@@ -173,7 +172,7 @@ def attention(
     q_blhd: jax.Array,
     k_bskd: jax.Array,
     v_bskd: jax.Array,
-    mask_bls: jax.Array | None,
+    mask_bls: jax.Array | None = None,
     *,
     implementation: str | None = None,
     kv_lengths_b: jax.Array | None = None,
@@ -181,20 +180,34 @@ def attention(
     """Grouped-query softmax attention through `jax.nn.dot_product_attention`.
 
     q `[B, L, H, D]`, k/v `[B, S, K, D]` with H a multiple of K; `mask_bls` True where attention is
-    allowed. `kv_lengths_b` (instead of a mask) marks the first n keys of each row as valid, which
-    the cuDNN kernel takes natively. Fully masked rows return finite values (they are ignored).
+    allowed, or `kv_lengths_b` marking the first n keys of each row valid (which cuDNN takes
+    natively). Fully masked rows return finite values (they are ignored downstream).
     """
     mask = None if mask_bls is None else mask_bls[:, None, :, :]
-    if implementation == "cudnn" and mask is not None:
-        bias = jnp.where(mask, 0.0, NEG_INF).astype(q_blhd.dtype)
-        return jax.nn.dot_product_attention(
-            q_blhd, k_bskd, v_bskd, bias=bias, key_value_seq_lengths=kv_lengths_b, implementation="cudnn"
-        )
     return jax.nn.dot_product_attention(
-        q_blhd,
-        k_bskd,
-        v_bskd,
-        mask=mask,
-        key_value_seq_lengths=kv_lengths_b,
-        implementation=implementation,
+        q_blhd, k_bskd, v_bskd, mask=mask, key_value_seq_lengths=kv_lengths_b, implementation=implementation
     )
+
+
+def causal_attention(
+    q_blhd: jax.Array, k_blkd: jax.Array, v_blkd: jax.Array, valid_bl: jax.Array, implementation: str | None
+) -> jax.Array:
+    """Causal self-attention over one right-padded sequence (valid tokens first in each row).
+
+    On cuDNN this is the fused causal kernel with per-row lengths; elsewhere an explicit mask.
+    Queries on padding produce values that nothing reads.
+    """
+    if implementation == "cudnn":
+        lengths = valid_bl.sum(axis=1).astype(jnp.int32)
+        return jax.nn.dot_product_attention(
+            q_blhd,
+            k_blkd,
+            v_blkd,
+            is_causal=True,
+            query_seq_lengths=lengths,
+            key_value_seq_lengths=lengths,
+            implementation="cudnn",
+        )
+    length = valid_bl.shape[1]
+    mask = jnp.tril(jnp.ones((length, length), bool))[None] & valid_bl[:, None, :]
+    return attention(q_blhd, k_blkd, v_blkd, mask, implementation=implementation)

@@ -105,10 +105,19 @@ class Qwen3VL(nn.Module):
         hidden, kv = self.text(embeds, positions_3bl, valid_bl, cache, deepstack)
         return self.text.logits(hidden), kv
 
-    def decode_step(self, tokens_b1: jax.Array, positions_b: jax.Array, cache: vlm_lib.KVCache):
-        """One token per sample at its next position; returns (logits `[B, V]`, cache)."""
+    def decode_step(
+        self,
+        tokens_b1: jax.Array,
+        positions_b: jax.Array,
+        cache: vlm_lib.KVCache,
+        valid_b: jax.Array | None = None,
+    ):
+        """One token per sample at its next position; returns (logits `[B, V]`, cache).
+
+        `valid_b` False writes the slot as invalid (a finished sample's filler never becomes context).
+        """
         embeds = self.text.embed_tokens(tokens_b1)
         positions = jnp.broadcast_to(positions_b[None, :, None], (3, *tokens_b1.shape))
-        valid = jnp.ones(tokens_b1.shape, bool)
+        valid = jnp.ones(tokens_b1.shape, bool) if valid_b is None else valid_b[:, None]
         hidden, cache = self.text(embeds, positions, valid, cache, None)
         return self.text.logits(hidden)[:, -1], cache

@@ -19,8 +19,9 @@ from alpamayo_jax.models.vision import VisionConfig, VisionInputs
 class PromptInputs:
     """A batch of token sequences with their images, ready for `Qwen3VL` (static shapes).
 
-    tokens/valid `[B, L]` (valid False on padding), positions `[3, B, L]`, the position after each
-    prompt `[B]`, and the images with the flat feature row of each placeholder (`-1` elsewhere).
+    tokens/valid `[B, L]` right-padded (valid True on a prefix of each row), positions `[3, B, L]`,
+    the position after each prompt `[B]`, and the images with the flat feature row of each
+    placeholder (`-1` elsewhere).
     """
 
     tokens_bl: jax.Array
@@ -190,6 +191,12 @@ def mrope_positions(
     return positions.astype(np.int32), next_pos.astype(np.int32)
 
 
+def right_align_order(valid_bl: np.ndarray) -> np.ndarray:
+    """Per-row permutation `[B, L]` moving valid tokens to the front (the model's padding convention)
+    in their order; `np.argsort(order, 1)` undoes it."""
+    return np.argsort(~np.asarray(valid_bl, bool), axis=1, kind="stable")
+
+
 def prompt_inputs(
     cfg: Qwen3VLConfig,
     input_ids: np.ndarray,
@@ -198,7 +205,11 @@ def prompt_inputs(
     image_grid_thw: np.ndarray | None = None,
     pad_patches: int | None = None,
 ) -> PromptInputs:
-    """PromptInputs from the arrays a transformers Qwen3-VL processor returns."""
+    """PromptInputs from the arrays a transformers Qwen3-VL processor returns.
+
+    Rows come back right-padded whatever the input's padding side (positions depend only on the
+    valid tokens, so the logits of valid tokens are unchanged; they move to the front of the row).
+    """
     input_ids = np.asarray(input_ids, np.int64)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
@@ -209,6 +220,8 @@ def prompt_inputs(
     )
     if valid.shape != input_ids.shape:
         raise ValueError(f"attention_mask shape {valid.shape} != input_ids shape {input_ids.shape}")
+    order = right_align_order(valid)
+    input_ids, valid = np.take_along_axis(input_ids, order, 1), np.take_along_axis(valid, order, 1)
     merge = cfg.vision.spatial_merge
     if (pixel_values is None) != (image_grid_thw is None):
         raise ValueError("pixel_values and image_grid_thw must be given together")

@@ -118,12 +118,19 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    """GQA self-attention with q/k norms and M-RoPE; optionally reads/writes a KV cache layer."""
+    """GQA self-attention with q/k norms and M-RoPE.
+
+    Without a cache (training) or for a multi-token prefill, the tokens attend causally to each other
+    (right-padded rows: the cuDNN fast path). A one-token decode attends to the cache slots allowed
+    by `cache_mask_bs`. With a cache, the new k/v are written at `write_index`.
+    """
 
     cfg: TextConfig
 
     @nn.compact
-    def __call__(self, x_bld, cos_bld, sin_bld, mask_bls, cache_kv=None, write_index=None):
+    def __call__(
+        self, x_bld, cos_bld, sin_bld, valid_bl, cache_kv=None, write_index=None, cache_mask_bs=None
+    ):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dense = dict(dtype=dtype, param_dtype=pdtype)
@@ -142,17 +149,25 @@ class Attention(nn.Module):
         k = layers.apply_rotary(k, cos_bld, sin_bld)
         q = layers.constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
         new_kv = (k, v)
+        decoding = cache_kv is not None and x_bld.shape[1] == 1
         if cache_kv is not None:
-            k_cache, v_cache = cache_kv
             k_cache = jax.lax.dynamic_update_slice_in_dim(
-                k_cache, k.astype(k_cache.dtype), write_index, axis=1
+                cache_kv[0], k.astype(cache_kv[0].dtype), write_index, 1
             )
             v_cache = jax.lax.dynamic_update_slice_in_dim(
-                v_cache, v.astype(v_cache.dtype), write_index, axis=1
+                cache_kv[1], v.astype(cache_kv[1].dtype), write_index, 1
             )
             new_kv = (k_cache, v_cache)
-            k, v = k_cache.astype(dtype), v_cache.astype(dtype)
-        out = layers.attention(q, k, v, mask_bls, implementation=cfg.attention_impl)
+        if decoding:
+            out = layers.attention(
+                q,
+                new_kv[0].astype(dtype),
+                new_kv[1].astype(dtype),
+                cache_mask_bs[:, None, :],
+                implementation=None,
+            )
+        else:
+            out = layers.causal_attention(q, k, v, valid_bl, cfg.attention_impl)
         out = layers.Dense(cfg.width, ("q_heads_head_dim", "embed"), name="o", **dense)(
             out.reshape(*out.shape[:2], cfg.num_heads * cfg.head_dim)
         )
@@ -180,19 +195,22 @@ class DecoderLayer(nn.Module):
     """One pre-norm decoder layer in scan form: `(carry, _) -> (carry, per-layer k/v)`.
 
     carry = (hidden `[B, L, D]`, layer index, cache (k, v) `[layers, B, S, K, D]` or None). Broadcast
-    arguments: cos/sin, mask `[B, L, S]`, cache write index, DeepStack additions `[n, B, L, D]`.
+    arguments: cos/sin, valid tokens `[B, L]`, cache write index and slot mask `[B, S]`, DeepStack
+    additions `[n, B, L, D]`.
     """
 
     cfg: TextConfig
 
     @nn.compact
-    def __call__(self, carry, cos_bld, sin_bld, mask_bls, write_index, deepstack_nbld):
+    def __call__(self, carry, cos_bld, sin_bld, valid_bl, write_index, cache_mask_bs, deepstack_nbld):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         h, i, cache = carry
         layer_cache = None if cache is None else (cache[0][i], cache[1][i])
         x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="input_norm")(h)
-        attn, kv = Attention(cfg, name="attn")(x, cos_bld, sin_bld, mask_bls, layer_cache, write_index)
+        attn, kv = Attention(cfg, name="attn")(
+            x, cos_bld, sin_bld, valid_bl, layer_cache, write_index, cache_mask_bs
+        )
         h = h + attn
         x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="post_norm")(h)
         h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, name="mlp")(x)
@@ -210,8 +228,14 @@ class DecoderLayer(nn.Module):
         return (h, i + 1, cache), kv
 
 
-def scanned_layers(layer_cls: type[nn.Module], cfg: Any, num_layers: int, remat: str, name: str) -> nn.Module:
-    """`layer_cls` stacked over a leading 'layers' parameter axis under nn.scan (+ remat policy)."""
+def scanned_layers(
+    layer_cls: type[nn.Module], cfg: Any, num_layers: int, remat: str, name: str, in_axes: Any = nn.broadcast
+) -> nn.Module:
+    """`layer_cls` stacked over a leading 'layers' parameter axis under nn.scan (+ remat policy).
+
+    `in_axes` (one per non-carry argument, or one for all) says which arguments are scanned per layer
+    (0) and which are broadcast.
+    """
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}; known: {sorted(REMAT_POLICIES)}")
     if remat != "none":
@@ -220,7 +244,7 @@ def scanned_layers(layer_cls: type[nn.Module], cfg: Any, num_layers: int, remat:
         layer_cls,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=nn.broadcast,
+        in_axes=in_axes,
         length=num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name=name)
@@ -266,46 +290,36 @@ class TextDecoder(nn.Module):
         cache: KVCache | None = None,
         deepstack_nbld: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | tuple[jax.Array, jax.Array]]:
-        """Runs the decoder layers on input embeddings (causal attention, invalid tokens never attended).
+        """Runs the decoder layers on input embeddings.
 
-        Without a cache, keys are the inputs themselves and the per-layer (k, v) `[layers, B, L, K, D]`
-        are returned (the action expert reads them). With a cache, the inputs are written at
-        `cache.index` and the updated cache is returned. Returns (final-normed hidden `[B, L, D]`, kv or
-        cache).
+        Rows are right-padded (`valid_bl` True on a prefix of each row). Without a cache, the per-layer
+        (k, v) `[layers, B, L, K, D]` are returned (the action expert reads them). With a cache, L > 1
+        is a prefill written at slot `cache.index` (0 for a fresh cache: the tokens attend to each
+        other only) and L == 1 is a decode step attending to every valid earlier slot; the updated
+        cache is returned. Returns (final-normed hidden `[B, L, D]`, kv or cache).
         """
         cfg = self.cfg
-        if cache is None:
-            mask_bls = causal_mask(valid_bl)
-        else:
-            valid_bs = jax.lax.dynamic_update_slice_in_dim(cache.valid_bs, valid_bl, cache.index, axis=1)
-            cache = cache.replace(valid_bs=valid_bs)
-            mask_bls = cache_mask(valid_bs, cache.index, valid_bl.shape[1])
+        length = embeds_bld.shape[1]
         cos, sin = layers.mrope_cos_sin(positions_3bl, cfg.head_dim, cfg.rope_theta, cfg.mrope_sections)
         h = layers.constrain(
             embeds_bld.astype(self._dtype), ("activation_batch", "activation_length", "activation_embed")
         )
-        kv_cache = None if cache is None else (cache.k, cache.v)
-        write_index = None if cache is None else cache.index
+        kv_cache, write_index, cache_mask = None, None, None
+        if cache is not None:
+            valid_bs = jax.lax.dynamic_update_slice_in_dim(cache.valid_bs, valid_bl, cache.index, axis=1)
+            cache = cache.replace(valid_bs=valid_bs)
+            kv_cache, write_index = (cache.k, cache.v), cache.index
+            cache_mask = valid_bs & (jnp.arange(valid_bs.shape[1]) < cache.index + length)[None]
         (h, _, kv_cache), kv = self.layers(
-            (h, jnp.zeros((), jnp.int32), kv_cache), cos, sin, mask_bls, write_index, deepstack_nbld
+            (h, jnp.zeros((), jnp.int32), kv_cache),
+            cos,
+            sin,
+            valid_bl,
+            write_index,
+            cache_mask,
+            deepstack_nbld,
         )
         h = self.norm(h)
         if cache is None:
             return h, kv
-        length = embeds_bld.shape[1]
         return h, KVCache(k=kv_cache[0], v=kv_cache[1], valid_bs=cache.valid_bs, index=cache.index + length)
-
-
-def causal_mask(valid_bl: jax.Array) -> jax.Array:
-    """`[B, L, L]` mask for a full sequence: causal and keys restricted to valid tokens."""
-    length = valid_bl.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), bool))
-    return causal[None] & valid_bl[:, None, :]
-
-
-def cache_mask(valid_bs: jax.Array, index: jax.Array, length: int) -> jax.Array:
-    """`[B, L, S]` mask for L new tokens written at slot `index` of a cache with slot validity `valid_bs`."""
-    size = valid_bs.shape[1]
-    q_slot = index + jnp.arange(length)
-    causal = jnp.arange(size)[None, :] <= q_slot[:, None]
-    return causal[None] & valid_bs[:, None, :]
