@@ -78,17 +78,36 @@ class Qwen3VL(nn.Module):
     def embed(
         self, tokens_bl: jax.Array, images: vision_lib.VisionInputs | None, image_slots_bl: jax.Array | None
     ) -> tuple[jax.Array, jax.Array | None]:
-        """Token embeddings with image features scattered in, and DeepStack additions `[n, B, L, D]`."""
+        """Token embeddings with image features scattered in, and DeepStack additions `[n, B, L, D]`.
+
+        Images are either packed for the whole batch (`[I, N, ...]`, slots index the flattened
+        features of all images: the processor layout) or per sample (`[B, n, N, ...]`, slots index
+        that sample's own features, which keeps data-parallel shards independent).
+        """
         embeds = self.text.embed_tokens(tokens_bl)
         if images is None:
             return embeds, None
+        per_sample = images.patches_inp.ndim == 4
+        if per_sample:
+            batch, n = images.patches_inp.shape[:2]
+            images = jax.tree_util.tree_map(lambda x: x.reshape(batch * n, *x.shape[2:]), images)
         merged_imd, deepstack_nimd = self.vision(images)
-        flat = merged_imd.reshape(-1, merged_imd.shape[-1])
+        width = merged_imd.shape[-1]
+        num_taps = deepstack_nimd.shape[0]
+        if per_sample:
+            feats = merged_imd.reshape(batch, -1, width)
+            taps = deepstack_nimd.reshape(num_taps, batch, -1, width)
+        else:
+            feats = jnp.broadcast_to(merged_imd.reshape(1, -1, width), (tokens_bl.shape[0], merged_imd.shape[0] *
+                                                                         merged_imd.shape[1], width))
+            taps = jnp.broadcast_to(deepstack_nimd.reshape(num_taps, 1, -1, width),
+                                    (num_taps, *feats.shape))
         is_image = (image_slots_bl >= 0)[..., None]
-        rows = jnp.maximum(image_slots_bl, 0)
-        embeds = jnp.where(is_image, flat[rows].astype(embeds.dtype), embeds)
-        ds_flat = deepstack_nimd.reshape(deepstack_nimd.shape[0], -1, deepstack_nimd.shape[-1])
-        deepstack = jnp.where(is_image[None], ds_flat[:, rows], 0).astype(embeds.dtype)
+        rows = jnp.maximum(image_slots_bl, 0)[..., None]
+        picked = jnp.take_along_axis(feats, rows, axis=1)
+        embeds = jnp.where(is_image, picked.astype(embeds.dtype), embeds)
+        picked_taps = jax.vmap(lambda t: jnp.take_along_axis(t, rows, axis=1))(taps)
+        deepstack = jnp.where(is_image[None], picked_taps, 0).astype(embeds.dtype)
         return embeds, deepstack
 
     def __call__(

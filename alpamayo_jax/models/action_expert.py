@@ -1,0 +1,119 @@
+"""Flow-matching action expert: a transformer that reads the VLM's per-layer KV cache.
+
+Same layer count, KV heads and head_dim as the backbone, so expert layer i attends to
+[VLM layer-i keys/values of the prefix ; its own keys/values]. The 64 action tokens see each other
+bidirectionally and see the whole valid prefix; VLM tokens never see expert tokens (the expert runs
+after the VLM). With `knowledge_insulation` the prefix K/V pass through `jax.lax.stop_gradient`, so
+the flow loss trains only expert weights (SPEC 1.4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from alpamayo_jax.models import layers
+from alpamayo_jax.models.flow_matching import ActionInputProjection, VelocityHead
+from alpamayo_jax.models.vlm import MLP, TextConfig, scanned_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertConfig:
+    """Expert shape; `num_layers`, `num_kv_heads`, `head_dim` and the RoPE must match the backbone."""
+
+    width: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    num_layers: int
+    num_waypoints: int = 64
+    input_hidden: int = 512
+    rms_eps: float = 1e-6
+    rope_theta: float = 5e6
+    mrope_sections: tuple[int, int, int] = (24, 20, 20)
+    knowledge_insulation: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    attention_impl: str | None = None
+
+
+def expert_config(text: TextConfig, width: int, mlp_dim: int, num_heads: int, **kw: Any) -> ExpertConfig:
+    """An expert matched to a backbone: layers, KV heads, head_dim and RoPE are the backbone's."""
+    return ExpertConfig(
+        width=width, mlp_dim=mlp_dim, num_heads=num_heads, num_kv_heads=text.num_kv_heads, head_dim=text.head_dim,
+        num_layers=text.num_layers, rms_eps=text.rms_eps, rope_theta=text.rope_theta,
+        mrope_sections=text.mrope_sections, dtype=text.dtype, param_dtype=text.param_dtype, remat=text.remat,
+        **kw,
+    )
+
+
+class ExpertLayer(nn.Module):
+    """One expert layer in scan form; per-layer inputs: the VLM prefix keys/values of that layer."""
+
+    cfg: ExpertConfig
+
+    @nn.compact
+    def __call__(self, carry, prefix_k_bpkd, prefix_v_bpkd, cos_bad, sin_bad, mask_bas):
+        cfg = self.cfg
+        dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
+        dense = dict(dtype=dtype, param_dtype=pdtype)
+        h, i = carry
+        x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="input_norm")(h)
+        q = layers.Dense((cfg.num_heads, cfg.head_dim), ("embed", "q_heads", "head_dim"), name="q", **dense)(x)
+        k = layers.Dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k", **dense)(x)
+        v = layers.Dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v", **dense)(x)
+        q = layers.apply_rotary(layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="q_norm")(q), cos_bad, sin_bad)
+        k = layers.apply_rotary(layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="k_norm")(k), cos_bad, sin_bad)
+        if cfg.knowledge_insulation:
+            prefix_k_bpkd = jax.lax.stop_gradient(prefix_k_bpkd)
+            prefix_v_bpkd = jax.lax.stop_gradient(prefix_v_bpkd)
+        keys = jnp.concatenate([prefix_k_bpkd.astype(dtype), k], axis=1)
+        values = jnp.concatenate([prefix_v_bpkd.astype(dtype), v], axis=1)
+        out = layers.attention(q, keys, values, mask_bas, implementation=None)
+        out = out.reshape(*out.shape[:2], cfg.num_heads * cfg.head_dim)
+        h = h + layers.Dense(cfg.width, ("q_heads_head_dim", "embed"), name="o", **dense)(out)
+        x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="post_norm")(h)
+        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, name="mlp")(x)
+        return (h, i + 1), None
+
+
+class ActionExpert(nn.Module):
+    """Noisy controls `[B, A, 2]` at flow time `[B]` + VLM prefix KV -> velocity `[B, A, 2]` (float32)."""
+
+    cfg: ExpertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x_ba2: jax.Array,
+        t_b: jax.Array,
+        prefix_k: jax.Array,
+        prefix_v: jax.Array,
+        prefix_valid_bp: jax.Array,
+        first_position_b: jax.Array,
+    ) -> jax.Array:
+        """`prefix_k/v` `[layers, B, P, K, D]` (a KV cache or the training forward's per-layer kv);
+        `prefix_valid_bp` marks the prefix slots the actions may see; action token j sits at position
+        `first_position_b + j` on all three RoPE streams (positions continue after the prefix)."""
+        cfg = self.cfg
+        dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
+        batch, num_actions, _ = x_ba2.shape
+        h = ActionInputProjection(cfg.width, hidden=cfg.input_hidden, dtype=dtype, param_dtype=pdtype,
+                                  name="action_in")(x_ba2, t_b)
+        pos = first_position_b[:, None] + jnp.arange(num_actions)[None, :]
+        cos, sin = layers.mrope_cos_sin(jnp.broadcast_to(pos[None], (3, batch, num_actions)), cfg.head_dim,
+                                        cfg.rope_theta, cfg.mrope_sections)
+        own = jnp.ones((batch, num_actions, num_actions), bool)
+        mask = jnp.concatenate([jnp.broadcast_to(prefix_valid_bp[:, None, :], (batch, num_actions,
+                                                                               prefix_valid_bp.shape[1])), own], -1)
+        stack = scanned_layers(ExpertLayer, cfg, cfg.num_layers, cfg.remat, "layers",
+                               in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast))
+        (h, _), _ = stack((h, jnp.zeros((), jnp.int32)), prefix_k, prefix_v, cos, sin, mask)
+        h = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="norm")(h)
+        return VelocityHead(dtype=dtype, param_dtype=pdtype, name="velocity")(h)
