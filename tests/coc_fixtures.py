@@ -33,3 +33,78 @@ def away_from(starts: np.ndarray, n: int, margin: int = 5) -> np.ndarray:
     for s in starts[1:]:
         mask[max(0, s - margin) : s + margin] = False
     return mask
+
+
+CAMERA = "camera_front_wide_120fov"
+
+# kind -> (v0, [(ticks or None for the change start, accel, curvature)], decisions, cause)
+CLIP_KINDS = {
+    "slow_for_lead": (
+        12.0,
+        [(-1, 0.0, 0.0), (30, -1.0, 0.0)],
+        ("lead_obstacle_following", None),
+        ("critical_object", "car", {"motion": "decelerating", "position": "ahead in the ego lane"}),
+    ),
+    "stop_for_light_or_sign": (
+        10.0,
+        [(-1, 0.0, 0.0), (50, -2.0, 0.0)],
+        ("stop_for_static_constraints", None),
+        ("traffic_light", "traffic_light", {"state": "red"}),
+    ),
+    "yield_to_vru": (
+        8.0,
+        [(-1, 0.0, 0.0), (40, -2.0, 0.0)],
+        ("yield", None),
+        ("critical_object", "pedestrian", {"motion": "crossing", "position": "ahead"}),
+    ),
+    "lane_change": (
+        15.0,
+        [(-1, 0.0, 0.0), (20, 0.0, 0.004), (20, 0.0, -0.004)],
+        (None, "lane_change_left"),
+        ("routing_intent", "route", {"position": "exit on the left"}),
+    ),
+    "curvy_road": (
+        10.0,
+        [(-1, 0.0, 0.0), (40, 0.0, 0.02)],
+        (None, "lane_keeping"),
+        ("road_event", "curve", {"position": "ahead to the left"}),
+    ),
+}
+
+
+def synthetic_clip(clip_id: str, kind: str, change_tick: int, n_ticks: int = 200):
+    """A 20 s clip at 10 Hz: egomotion with one behaviour change at `change_tick` and its ground truth."""
+    v0, spec, (lon, lat), (category, ctype, attrs) = CLIP_KINDS[kind]
+    runs = [(change_tick if n == -1 else n, a, k) for n, a, k in spec]
+    runs.append((n_ticks - sum(n for n, _, _ in runs), 0.0, 0.0))
+    accel = np.concatenate([np.full(n, a) for n, a, _ in runs])
+    curv = np.concatenate([np.full(n, k) for n, _, k in runs])
+    xy, yaw, v, a = rollout(accel, curv, v0)
+    stopped = v <= 0.0
+    v = np.where(stopped, 0.0, v)
+    a = np.where(stopped, 0.0, a)
+    t_us = np.arange(n_ticks, dtype=np.int64) * 100_000
+    cause = {
+        "object_id": f"{clip_id}-obj0",
+        "category": category,
+        "type": ctype,
+        "attributes": attrs,
+        "first_visible_us": int(t_us[change_tick] - 3_000_000),
+    }
+    event = {
+        "t_us": int(t_us[change_tick]),
+        "longitudinal": lon,
+        "lateral": lat,
+        "causes": [cause],
+        "description": kind,
+    }
+    gt = {
+        "clip_id": clip_id,
+        "seed": change_tick,
+        "scenario": kind,
+        "events": [event],
+        "objects": [],
+        "traffic_lights": [],
+        "road": {},
+    }
+    return (t_us, xy, yaw, v, a), gt
