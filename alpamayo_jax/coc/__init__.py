@@ -1,0 +1,1 @@
+"""Chain-of-Causation (CoC) labelling: meta-actions, keyframes, structured records, auto-labelling."""
