@@ -1,0 +1,186 @@
+"""The composed Alpamayo-R1 model: the knowledge-insulation cut, sizes, and the inference path."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen3Config, Qwen3Model
+from transformers import Qwen3VLConfig as HFConfig
+from transformers import Qwen3VLForConditionalGeneration
+
+from alpamayo_jax import inference
+from alpamayo_jax.data import batch as batch_lib
+from alpamayo_jax.interop.hf_qwen3vl import hf_config_dict
+from alpamayo_jax.models import alpamayo
+from alpamayo_jax.models.qwen3vl_inputs import PromptInputs
+
+
+def tiny(insulation=True):
+    cfg = alpamayo.alpamayo_config("tiny")
+    return dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, knowledge_insulation=insulation))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = tiny()
+    batch = batch_lib.fake(cfg, 2, seed=0)
+    params = nn.unbox(alpamayo.Alpamayo(cfg).init(jax.random.key(0), batch, jax.random.key(1)))["params"]
+    return cfg, batch, params
+
+
+def grads(cfg, params, batch, loss_names):
+    def loss(p):
+        out = alpamayo.Alpamayo(cfg).apply({"params": p}, batch, jax.random.key(3))
+        return sum(out[n] for n in loss_names)
+
+    g = jax.grad(loss)(params)
+    return {part: max(float(jnp.abs(x).max()) for x in jax.tree_util.tree_leaves(g[part])) for part in g}
+
+
+def test_flow_loss_never_trains_the_vlm_with_insulation(setup):
+    cfg, batch, params = setup
+    g = grads(cfg, params, batch, ["flow"])
+    assert g["vlm"] == 0.0
+    assert g["expert"] > 1e-4
+    g_off = grads(tiny(insulation=False), params, batch, ["flow"])
+    assert g_off["vlm"] > 1e-6
+
+
+@pytest.mark.parametrize("insulation", [True, False])
+def test_cross_entropy_trains_the_vlm_and_not_the_expert(setup, insulation):
+    _, batch, params = setup
+    g = grads(tiny(insulation), params, batch, ["text_ce", "traj_ce"])
+    assert g["vlm"] > 1e-4
+    assert g["expert"] == 0.0
+
+
+def test_losses_are_finite_and_masks_select_the_right_tokens(setup):
+    cfg, batch, params = setup
+    out = alpamayo.Alpamayo(cfg).apply({"params": params}, batch, jax.random.key(3))
+    for name in ("text_ce", "traj_ce", "flow"):
+        assert np.isfinite(out[name]) and out[name] > 0
+    # Untrained: CE near log(vocab).
+    assert abs(float(out["traj_ce"]) - np.log(cfg.tokens.vocab_size)) < 1.5
+    traj = np.asarray(batch.traj_loss_bl) > 0
+    tokens = np.asarray(batch.tokens_bl)
+    assert np.all(cfg.tokens.is_future_id(tokens[traj]) | (tokens[traj] == cfg.tokens.special_id("traj_future_end")))
+    assert traj.sum(axis=1).tolist() == [2 * cfg.tokens.num_waypoints + 1] * 2
+    # The expert prefix ends right after <|traj_future_start|>.
+    last = np.asarray(batch.expert_prefix_len_b) - 1
+    assert np.all(tokens[np.arange(2), last] == cfg.tokens.special_id("traj_future_start"))
+
+
+def test_loss_position_budget_matches_full_computation(setup):
+    cfg, batch, params = setup
+    full = alpamayo.Alpamayo(cfg).apply({"params": params}, batch, jax.random.key(3))
+    needed = int((np.asarray(batch.text_loss_bl) + np.asarray(batch.traj_loss_bl)).sum(1).max())
+    budget = dataclasses.replace(cfg, max_loss_tokens=needed)
+    out = alpamayo.Alpamayo(budget).apply({"params": params}, batch, jax.random.key(3))
+    for name in ("text_ce", "traj_ce", "flow"):
+        np.testing.assert_allclose(out[name], full[name], rtol=1e-5)
+    assert int(out["loss_tokens_dropped"]) == 0
+    short = alpamayo.Alpamayo(dataclasses.replace(cfg, max_loss_tokens=needed - 5))
+    assert int(short.apply({"params": params}, batch, jax.random.key(3))["loss_tokens_dropped"]) == 10
+
+
+@pytest.mark.parametrize("variant, backbone_b, expert_b", [("ar1_2b", 2.1, 0.38), ("ar1_10b", 8.8, 2.3)])
+def test_full_size_presets_match_reference_parameter_counts(variant, backbone_b, expert_b):
+    cfg = alpamayo.alpamayo_config(variant)
+    small = batch_lib.fake(cfg, 1, num_images=1, grid_hw=(2, 2), prompt_len=2, reasoning_len=1)
+    shapes = jax.eval_shape(lambda: alpamayo.Alpamayo(cfg).init(jax.random.key(0), small, jax.random.key(1)))
+    shapes = nn.unbox(shapes)["params"]
+    count = {part: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes[part])) for part in shapes}
+    with torch.device("meta"):
+        hf_vlm = Qwen3VLForConditionalGeneration(HFConfig(**hf_config_dict(cfg.vlm)))
+        e = cfg.expert
+        hf_expert = Qwen3Model(Qwen3Config(hidden_size=e.width, intermediate_size=e.mlp_dim, num_hidden_layers=e.num_layers,
+                                           num_attention_heads=e.num_heads, num_key_value_heads=e.num_kv_heads,
+                                           head_dim=e.head_dim, vocab_size=1))
+    assert count["vlm"] == sum(p.numel() for p in hf_vlm.parameters())
+    transformer = count["expert"] - sum(int(np.prod(x.shape)) for x in
+                                        jax.tree_util.tree_leaves({k: shapes["expert"][k] for k in
+                                                                   ("action_in", "velocity")}))
+    assert transformer == sum(p.numel() for p in hf_expert.parameters()) - e.width  # no token embedding
+    assert abs(count["vlm"] / 1e9 - backbone_b) < 0.25
+    assert abs(count["expert"] / 1e9 - expert_b) < 0.1
+
+
+def prompt_of(cfg, batch, reasoning_len):
+    """The inference prompt of a fake training batch: everything before the reasoning."""
+    length = int(batch.expert_prefix_len_b[0]) - reasoning_len - 2
+    return PromptInputs(
+        tokens_bl=batch.tokens_bl[:, :length], positions_3bl=batch.positions_3bl[:, :, :length],
+        valid_bl=batch.valid_bl[:, :length], next_position_b=batch.positions_3bl[0, :, length - 1] + 1,
+        images=batch.images, image_slots_bl=batch.image_slots_bl[:, :length],
+    )
+
+
+def test_policy_outputs_and_reasoning_constraints(setup):
+    cfg, batch, params = setup
+    prompt = prompt_of(cfg, batch, reasoning_len=6)
+    icfg = inference.InferenceConfig(max_reasoning_tokens=7, num_samples=3, flow_steps=4)
+    out = inference.compile_policy(cfg, icfg)(params, prompt, batch.history_xyz_bh3, jax.random.key(2))
+    assert out["xy"].shape == (2, 3, 64, 2) and out["reasoning_tokens"].shape == (2, 3, 7)
+    lengths = np.asarray(out["reasoning_lengths"])
+    assert np.all((0 <= lengths) & (lengths <= 7))
+    tokens = np.asarray(out["reasoning_tokens"])
+    banned = inference.banned_reasoning_ids(cfg)
+    for b in range(2):
+        for s in range(3):
+            assert not banned[tokens[b, s, : lengths[b, s]]].any()
+    assert np.all(np.abs(np.asarray(out["controls"])[..., 0]) <= 9.8 + 1e-6)
+    # The waypoints are the integrated controls.
+    xy = inference.controls_to_trajectory(
+        jnp.asarray(out["controls"][0] - jnp.array([0.02903, 2.69e-4])) / jnp.array([0.68104, 0.026148]),
+        jnp.repeat(batch.history_xyz_bh3[:1], 3, 0))["xy"]
+    np.testing.assert_allclose(xy, out["xy"][0], atol=1e-3)
+
+
+def test_stop_token_ends_reasoning_and_the_expert_still_runs(setup):
+    cfg, batch, params = setup
+    stop = cfg.tokens.special_id("traj_future_start")
+    forced = jax.tree_util.tree_map(lambda x: x, params)
+    kernel = np.array(forced["vlm"]["text"]["lm_head"]["kernel"])
+    kernel[:, stop] += 1e3 * np.sign(kernel[:, stop] + 1e-9)
+    forced["vlm"]["text"]["lm_head"]["kernel"] = jnp.asarray(kernel)
+    prompt = prompt_of(cfg, batch, reasoning_len=6)
+    icfg = inference.InferenceConfig(max_reasoning_tokens=5, temperature=0.0, flow_steps=2)
+    out = inference.compile_policy(cfg, icfg)(forced, prompt, batch.history_xyz_bh3, jax.random.key(0))
+    assert np.asarray(out["reasoning_lengths"]).tolist() == [[0], [0]]
+    assert np.all(np.isfinite(np.asarray(out["xy"])))
+
+
+def test_cached_prefix_gives_the_same_velocity_as_the_training_forward(setup):
+    """The expert reads identical K/V from the decode cache and from a full forward of the sequence."""
+    cfg, batch, params = setup
+    prompt = prompt_of(cfg, batch, reasoning_len=6)
+    icfg = inference.InferenceConfig(max_reasoning_tokens=4, temperature=0.0)
+    tokens, lengths, cache, first = inference.reason(cfg, icfg, params, prompt, jax.random.key(0))
+    model = alpamayo.Alpamayo(cfg)
+    x = jax.random.normal(jax.random.key(5), (2, 64, 2))
+    t = jnp.array([0.3, 0.7])
+    v_cache = model.apply({"params": params}, x, t, cache.k, cache.v, cache.valid_bs, first,
+                          method=alpamayo.Alpamayo.velocity)
+    stop = cfg.tokens.special_id("traj_future_start")
+    for b in range(2):
+        n = int(prompt.valid_bl[b].sum())
+        seq = np.concatenate([np.asarray(prompt.tokens_bl[b, :n]), np.asarray(tokens[b, : lengths[b]]), [stop]])
+        pos = np.asarray(prompt.positions_3bl[:, b, :n])
+        extra = int(prompt.next_position_b[b]) + np.arange(len(seq) - n)
+        pos = np.concatenate([pos, np.broadcast_to(extra, (3, len(extra)))], 1)
+        images = jax.tree_util.tree_map(lambda a: a[b : b + 1], batch.images)
+        slots = np.concatenate([np.asarray(prompt.image_slots_bl[b, :n]), np.full(len(seq) - n, -1)])
+
+        def forward(m, seq=seq, pos=pos, images=images, slots=slots):
+            embeds, ds = m.vlm.embed(jnp.asarray(seq)[None], images, jnp.asarray(slots)[None])
+            _, kv = m.vlm.text(embeds, jnp.asarray(pos)[:, None], jnp.ones((1, len(seq)), bool), None, ds)
+            return kv
+
+        k, v = nn.apply(forward, model)({"params": params})
+        v_full = model.apply({"params": params}, x[b : b + 1], t[b : b + 1], k, v, jnp.ones((1, len(seq)), bool),
+                             first[b : b + 1], method=alpamayo.Alpamayo.velocity)
+        np.testing.assert_allclose(v_cache[b], v_full[0], atol=2e-4)
