@@ -55,8 +55,9 @@ class ClipRecord:
     split: str = "train"
 
 
-def encode_video(frames_thw3: Iterable[np.ndarray], fps: int = 10, crf: int = 23, gop: int = 10) -> bytes:
-    """Encodes uint8 RGB frames [H, W, 3] to H.264 MP4 bytes (yuv420p, ultrafast, one thread)."""
+def encode_video(frames_thw3: Iterable[np.ndarray], fps: int = 10, crf: int = 26, gop: int = 10) -> bytes:
+    """Encodes uint8 RGB [H, W, 3] (or RGBX [H, W, 4]) frames to H.264 MP4 bytes (yuv420p, ultrafast,
+    one thread)."""
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
         stream = None
@@ -67,7 +68,8 @@ def encode_video(frames_thw3: Iterable[np.ndarray], fps: int = 10, crf: int = 23
                 stream.pix_fmt = "yuv420p"
                 stream.options = {"preset": "ultrafast", "crf": str(crf), "g": str(gop)}
                 stream.codec_context.thread_count = 1
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_hw3), format="rgb24")
+            fmt = "rgba" if frame_hw3.shape[-1] == 4 else "rgb24"
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_hw3), format=fmt)
             for packet in stream.encode(frame):
                 container.mux(packet)
         if stream is None:
