@@ -3,8 +3,10 @@
 import os
 
 os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", ""),
-     "--xla_force_host_platform_device_count=8"]
+    [
+        os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", ""),
+        "--xla_force_host_platform_device_count=8",
+    ]
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

@@ -231,14 +231,10 @@ def build_scene(name: str, rng: np.random.Generator) -> tuple[world.Scene, list[
     elif name == "yield_to_vru":
         t_w = te - 0.5
         road0 = _straight_road()
-        s_p = v * t_w + 55.0 + front
+        s_p = v * t_w + 60.0 + front
         road = _straight_road(crosswalk_s=s_p)
-        d_ped = _lateral_track(
-            road0.right_edge - 1.5,
-            t_w,
-            (road0.left_edge - road0.right_edge + 3.0) / 1.4,
-            road0.left_edge + 1.5,
-        )
+        walked = 1.4 * np.clip(np.arange(n) * world.DT - t_w, 0.0, None)
+        d_ped = np.minimum(road0.right_edge - 1.5 + walked, road0.left_edge + 1.5)
         ped = _pedestrian("pedestrian_0", _const(n, s_p), d_ped, np.pi / 2)
         scene = world.Scene(road, v, v, [ped])
         cause = _cause(
@@ -250,8 +246,8 @@ def build_scene(name: str, rng: np.random.Generator) -> tuple[world.Scene, list[
         risky = name == "risky_driving"
         road = _straight_road((0.0, W), oncoming=False)
         t_c = te - 0.5
-        v_c = (0.9 if risky else 0.8) * v
-        gap = 6.0 if risky else 22.0
+        v_c = (0.9 if risky else 0.85) * v
+        gap = 6.0 if risky else 28.0
         changes = [(t_c + 1.0, 4.0, 0.3 * v)] if risky else []
         s_c = _speed_track(front + CAR_DIMS[0] / 2 + gap + (v - v_c) * t_c, v_c, changes)
         cutter = _car("cut_in_vehicle", s_c, _lateral_track(W, t_c, 1.2 if risky else 3.0, 0.0), rng)

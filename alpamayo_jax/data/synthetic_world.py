@@ -344,18 +344,29 @@ def simulate(scene: Scene) -> EgoLog:
     return EgoLog(t_arr, s_arr, v_arr, a_arr, cmd_arr, binding, emergency)
 
 
+def _path_pose(
+    scene: Scene, s: np.ndarray, d: np.ndarray, slope: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    xy, route_heading = frenet_to_world(scene.road.route, s, d)
+    _, _, kappa_ref = route_at(scene.road.route, s)
+    return xy, route_heading + np.arctan(slope / (1.0 - kappa_ref * d))
+
+
 def ego_poses(scene: Scene, log: EgoLog) -> dict[str, np.ndarray]:
     """Anchor-frame ego kinematics at 100 Hz from the Frenet plan: xy [T, 2], yaw [T], velocity,
-    acceleration [T, 3] and curvature [T]."""
+    acceleration [T, 3] (from the planner's speed and acceleration and the path curvature) and
+    curvature [T]."""
     d, slope = lateral_offset(scene.triggers, log.s)
-    xy, route_heading = frenet_to_world(scene.road.route, log.s, d)
-    _, _, kappa_ref = route_at(scene.road.route, log.s)
-    yaw = route_heading + np.arctan(slope / (1.0 - kappa_ref * d))
-    vel = np.gradient(xy, DT, axis=0)
-    acc = np.gradient(vel, DT, axis=0)
-    speed = np.linalg.norm(vel, axis=1)
-    yaw_rate = np.gradient(np.unwrap(yaw), DT)
-    curvature = np.where(speed > 0.2, yaw_rate / np.maximum(speed, 0.2), 0.0)
+    xy, yaw = _path_pose(scene, log.s, d, slope)
+    grid = np.arange(log.s.min() - 1.0, log.s.max() + 1.0, 0.05)
+    d_g, slope_g = lateral_offset(scene.triggers, grid)
+    xy_g, yaw_g = _path_pose(scene, grid, d_g, slope_g)
+    arc_g = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy_g, axis=0), axis=1))])
+    curvature = np.interp(log.s, grid, np.gradient(np.unwrap(yaw_g), arc_g))
+    tangent = np.stack([np.cos(yaw), np.sin(yaw)], 1)
+    normal = np.stack([-np.sin(yaw), np.cos(yaw)], 1)
+    vel = log.v[:, None] * tangent
+    acc = log.a[:, None] * tangent + (log.v**2 * curvature)[:, None] * normal
     zeros = np.zeros((len(yaw), 1))
     return {
         "xy": xy,
