@@ -1,7 +1,8 @@
 """Writes clips in the PhysicalAI-AV layout (SPEC section 4), so one reader serves real and made data.
 
 Used by the synthetic world and by the reader tests. Every file is written under a temporary name and
-renamed into place; chunk zips hold one member per clip and feature, as in the release.
+renamed into place; chunk zips hold one member per clip and feature, as in the release, with fixed member
+dates so that equal inputs give byte-identical files.
 """
 
 import dataclasses
@@ -129,7 +130,7 @@ def _write_zip(path: pathlib.Path, members: dict[str, bytes]) -> None:
     def write(tmp: pathlib.Path) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
             for name, data in members.items():
-                zf.writestr(name, data)
+                zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
 
     _atomic_write(path, write)
 
