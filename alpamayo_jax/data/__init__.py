@@ -1,0 +1,1 @@
+"""Data: PhysicalAI-AV layout reader and writer, synthetic driving world."""
