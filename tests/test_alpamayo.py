@@ -140,16 +140,15 @@ def test_policy_outputs_and_reasoning_constraints(setup):
     np.testing.assert_allclose(xy, out["xy"][0], atol=1e-3)
 
 
-def test_stop_token_ends_reasoning_and_the_expert_still_runs(setup):
+def test_stop_token_ends_reasoning_and_the_expert_still_runs(setup, monkeypatch):
     cfg, batch, params = setup
     stop = cfg.tokens.special_id("traj_future_start")
-    forced = jax.tree_util.tree_map(lambda x: x, params)
-    kernel = np.array(forced["vlm"]["text"]["lm_head"]["kernel"])
-    kernel[:, stop] += 1e3 * np.sign(kernel[:, stop] + 1e-9)
-    forced["vlm"]["text"]["lm_head"]["kernel"] = jnp.asarray(kernel)
+    only_stop = np.ones(cfg.vlm.text.vocab_size, bool)
+    only_stop[stop] = False
+    monkeypatch.setattr(inference, "banned_reasoning_ids", lambda _: only_stop)
     prompt = prompt_of(cfg, batch, reasoning_len=6)
     icfg = inference.InferenceConfig(max_reasoning_tokens=5, temperature=0.0, flow_steps=2)
-    out = inference.compile_policy(cfg, icfg)(forced, prompt, batch.history_xyz_bh3, jax.random.key(0))
+    out = inference.compile_policy(cfg, icfg)(params, prompt, batch.history_xyz_bh3, jax.random.key(0))
     assert np.asarray(out["reasoning_lengths"]).tolist() == [[0], [0]]
     assert np.all(np.isfinite(np.asarray(out["xy"])))
 
