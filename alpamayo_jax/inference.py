@@ -69,20 +69,38 @@ def reason(
     logits, cache = generation.prefill(vlm, vlm_params, prompt, cache_size)
     k = icfg.num_samples
     logits = jnp.repeat(logits, k, axis=0)
-    cache = KVCache(k=jnp.repeat(cache.k, k, 1), v=jnp.repeat(cache.v, k, 1),
-                    valid_bs=jnp.repeat(cache.valid_bs, k, 0), index=cache.index)
+    cache = KVCache(
+        k=jnp.repeat(cache.k, k, 1),
+        v=jnp.repeat(cache.v, k, 1),
+        valid_bs=jnp.repeat(cache.valid_bs, k, 0),
+        index=cache.index,
+    )
     start = jnp.repeat(prompt.next_position_b, k, axis=0)
     sampling = generation.SamplingConfig(icfg.temperature, icfg.top_p, stop)
     tokens, lengths, cache = generation.decode(
-        vlm, vlm_params, logits, cache, start, rng, budget, sampling, jnp.asarray(banned_reasoning_ids(cfg)),
+        vlm,
+        vlm_params,
+        logits,
+        cache,
+        start,
+        rng,
+        budget,
+        sampling,
+        jnp.asarray(banned_reasoning_ids(cfg)),
         icfg.min_reasoning_tokens,
     )
     stopped = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], 1)[:, 0] == stop
     stopped &= lengths > 0
     # Samples that ran out of budget get the stop token appended; the others write an invalid slot.
     cache = cache.replace(index=jnp.asarray(prompt.tokens_bl.shape[1] + budget, jnp.int32))
-    _, cache = vlm.apply({"params": vlm_params}, jnp.full((tokens.shape[0], 1), stop, jnp.int32),
-                         start + lengths, cache, ~stopped, method=Qwen3VL.decode_step)
+    _, cache = vlm.apply(
+        {"params": vlm_params},
+        jnp.full((tokens.shape[0], 1), stop, jnp.int32),
+        start + lengths,
+        cache,
+        ~stopped,
+        method=Qwen3VL.decode_step,
+    )
     reasoning_len = jnp.where(stopped, lengths - 1, lengths)
     return tokens, reasoning_len, cache, start + reasoning_len + 1
 
@@ -97,7 +115,13 @@ def flow_sample(
 
     def velocity(x, t):
         return model.apply(
-            {"params": params}, x, jnp.full((batch,), t), cache.k, cache.v, cache.valid_bs, first_position_b,
+            {"params": params},
+            x,
+            jnp.full((batch,), t),
+            cache.k,
+            cache.v,
+            cache.valid_bs,
+            first_position_b,
             method=Alpamayo.velocity,
         )
 
@@ -113,7 +137,11 @@ def controls_to_trajectory(controls_ba2: jax.Array, history_xyz_bh3: jax.Array) 
 
 
 def sample_policy(
-    cfg: AlpamayoConfig, icfg: InferenceConfig, params: Any, prompt: PromptInputs, history_xyz_bh3: jax.Array,
+    cfg: AlpamayoConfig,
+    icfg: InferenceConfig,
+    params: Any,
+    prompt: PromptInputs,
+    history_xyz_bh3: jax.Array,
     rng: jax.Array,
 ) -> dict[str, jax.Array]:
     """The whole policy for B scenes: outputs are `[B, k, ...]` (k = icfg.num_samples).
@@ -133,11 +161,15 @@ def sample_policy(
 
 def compile_policy(cfg: AlpamayoConfig, icfg: InferenceConfig) -> Callable[..., dict[str, jax.Array]]:
     """`fn(params, prompt, history_xyz_bh3, rng)`: one compiled program per input shape."""
-    return jax.jit(lambda params, prompt, history, rng: sample_policy(cfg, icfg, params, prompt, history, rng))
+    return jax.jit(
+        lambda params, prompt, history, rng: sample_policy(cfg, icfg, params, prompt, history, rng)
+    )
 
 
 def decode_reasoning(tokens_bkt: np.ndarray, lengths_bk: np.ndarray, detokenize: Callable[[list[int]], str]):
     """Reasoning text per scene and sample, with a tokenizer's `decode`."""
     tokens_bkt, lengths_bk = np.asarray(tokens_bkt), np.asarray(lengths_bk)
-    return [[detokenize(tokens_bkt[b, s, : lengths_bk[b, s]].tolist()) for s in range(tokens_bkt.shape[1])]
-            for b in range(tokens_bkt.shape[0])]
+    return [
+        [detokenize(tokens_bkt[b, s, : lengths_bk[b, s]].tolist()) for s in range(tokens_bkt.shape[1])]
+        for b in range(tokens_bkt.shape[0])
+    ]

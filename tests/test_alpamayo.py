@@ -67,7 +67,9 @@ def test_losses_are_finite_and_masks_select_the_right_tokens(setup):
     assert abs(float(out["traj_ce"]) - np.log(cfg.tokens.vocab_size)) < 1.5
     traj = np.asarray(batch.traj_loss_bl) > 0
     tokens = np.asarray(batch.tokens_bl)
-    assert np.all(cfg.tokens.is_future_id(tokens[traj]) | (tokens[traj] == cfg.tokens.special_id("traj_future_end")))
+    assert np.all(
+        cfg.tokens.is_future_id(tokens[traj]) | (tokens[traj] == cfg.tokens.special_id("traj_future_end"))
+    )
     assert traj.sum(axis=1).tolist() == [2 * cfg.tokens.num_waypoints + 1] * 2
     # The expert prefix ends right after <|traj_future_start|>.
     last = np.asarray(batch.expert_prefix_len_b) - 1
@@ -93,17 +95,28 @@ def test_full_size_presets_match_reference_parameter_counts(variant, backbone_b,
     small = batch_lib.fake(cfg, 1, num_images=1, grid_hw=(2, 2), prompt_len=2, reasoning_len=1)
     shapes = jax.eval_shape(lambda: alpamayo.Alpamayo(cfg).init(jax.random.key(0), small, jax.random.key(1)))
     shapes = nn.unbox(shapes)["params"]
-    count = {part: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes[part])) for part in shapes}
+    count = {
+        part: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes[part])) for part in shapes
+    }
     with torch.device("meta"):
         hf_vlm = Qwen3VLForConditionalGeneration(HFConfig(**hf_config_dict(cfg.vlm)))
         e = cfg.expert
-        hf_expert = Qwen3Model(Qwen3Config(hidden_size=e.width, intermediate_size=e.mlp_dim, num_hidden_layers=e.num_layers,
-                                           num_attention_heads=e.num_heads, num_key_value_heads=e.num_kv_heads,
-                                           head_dim=e.head_dim, vocab_size=1))
+        hf_expert = Qwen3Model(
+            Qwen3Config(
+                hidden_size=e.width,
+                intermediate_size=e.mlp_dim,
+                num_hidden_layers=e.num_layers,
+                num_attention_heads=e.num_heads,
+                num_key_value_heads=e.num_kv_heads,
+                head_dim=e.head_dim,
+                vocab_size=1,
+            )
+        )
     assert count["vlm"] == sum(p.numel() for p in hf_vlm.parameters())
-    transformer = count["expert"] - sum(int(np.prod(x.shape)) for x in
-                                        jax.tree_util.tree_leaves({k: shapes["expert"][k] for k in
-                                                                   ("action_in", "velocity")}))
+    transformer = count["expert"] - sum(
+        int(np.prod(x.shape))
+        for x in jax.tree_util.tree_leaves({k: shapes["expert"][k] for k in ("action_in", "velocity")})
+    )
     assert transformer == sum(p.numel() for p in hf_expert.parameters()) - e.width  # no token embedding
     assert abs(count["vlm"] / 1e9 - backbone_b) < 0.25
     assert abs(count["expert"] / 1e9 - expert_b) < 0.1
@@ -113,9 +126,12 @@ def prompt_of(cfg, batch, reasoning_len):
     """The inference prompt of a fake training batch: everything before the reasoning."""
     length = int(batch.expert_prefix_len_b[0]) - reasoning_len - 2
     return PromptInputs(
-        tokens_bl=batch.tokens_bl[:, :length], positions_3bl=batch.positions_3bl[:, :, :length],
-        valid_bl=batch.valid_bl[:, :length], next_position_b=batch.positions_3bl[0, :, length - 1] + 1,
-        images=batch.images, image_slots_bl=batch.image_slots_bl[:, :length],
+        tokens_bl=batch.tokens_bl[:, :length],
+        positions_3bl=batch.positions_3bl[:, :, :length],
+        valid_bl=batch.valid_bl[:, :length],
+        next_position_b=batch.positions_3bl[0, :, length - 1] + 1,
+        images=batch.images,
+        image_slots_bl=batch.image_slots_bl[:, :length],
     )
 
 
@@ -136,7 +152,8 @@ def test_policy_outputs_and_reasoning_constraints(setup):
     # The waypoints are the integrated controls.
     xy = inference.controls_to_trajectory(
         jnp.asarray(out["controls"][0] - jnp.array([0.02903, 2.69e-4])) / jnp.array([0.68104, 0.026148]),
-        jnp.repeat(batch.history_xyz_bh3[:1], 3, 0))["xy"]
+        jnp.repeat(batch.history_xyz_bh3[:1], 3, 0),
+    )["xy"]
     np.testing.assert_allclose(xy, out["xy"][0], atol=1e-3)
 
 
@@ -162,12 +179,15 @@ def test_cached_prefix_gives_the_same_velocity_as_the_training_forward(setup):
     model = alpamayo.Alpamayo(cfg)
     x = jax.random.normal(jax.random.key(5), (2, 64, 2))
     t = jnp.array([0.3, 0.7])
-    v_cache = model.apply({"params": params}, x, t, cache.k, cache.v, cache.valid_bs, first,
-                          method=alpamayo.Alpamayo.velocity)
+    v_cache = model.apply(
+        {"params": params}, x, t, cache.k, cache.v, cache.valid_bs, first, method=alpamayo.Alpamayo.velocity
+    )
     stop = cfg.tokens.special_id("traj_future_start")
     for b in range(2):
         n = int(prompt.valid_bl[b].sum())
-        seq = np.concatenate([np.asarray(prompt.tokens_bl[b, :n]), np.asarray(tokens[b, : lengths[b]]), [stop]])
+        seq = np.concatenate(
+            [np.asarray(prompt.tokens_bl[b, :n]), np.asarray(tokens[b, : lengths[b]]), [stop]]
+        )
         pos = np.asarray(prompt.positions_3bl[:, b, :n])
         extra = int(prompt.next_position_b[b]) + np.arange(len(seq) - n)
         pos = np.concatenate([pos, np.broadcast_to(extra, (3, len(extra)))], 1)
@@ -180,6 +200,14 @@ def test_cached_prefix_gives_the_same_velocity_as_the_training_forward(setup):
             return kv
 
         k, v = nn.apply(forward, model)({"params": params})
-        v_full = model.apply({"params": params}, x[b : b + 1], t[b : b + 1], k, v, jnp.ones((1, len(seq)), bool),
-                             first[b : b + 1], method=alpamayo.Alpamayo.velocity)
+        v_full = model.apply(
+            {"params": params},
+            x[b : b + 1],
+            t[b : b + 1],
+            k,
+            v,
+            jnp.ones((1, len(seq)), bool),
+            first[b : b + 1],
+            method=alpamayo.Alpamayo.velocity,
+        )
         np.testing.assert_allclose(v_cache[b], v_full[0], atol=2e-4)

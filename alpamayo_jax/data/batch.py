@@ -67,12 +67,21 @@ class SequenceIds:
     future_end: int
 
     @classmethod
-    def of(cls, image_token_id: int, vision_start: int, vision_end: int,
-           layout: trajectory_tokens.TokenLayout) -> SequenceIds:
+    def of(
+        cls, image_token_id: int, vision_start: int, vision_end: int, layout: trajectory_tokens.TokenLayout
+    ) -> SequenceIds:
         sid = layout.special_id
-        return cls(image_token_id, vision_start, vision_end, sid("cot_start"), sid("cot_end"),
-                   sid("traj_history_start"), sid("traj_history_end"), sid("traj_future_start"),
-                   sid("traj_future_end"))
+        return cls(
+            image_token_id,
+            vision_start,
+            vision_end,
+            sid("cot_start"),
+            sid("cot_end"),
+            sid("traj_history_start"),
+            sid("traj_history_end"),
+            sid("traj_future_start"),
+            sid("traj_future_end"),
+        )
 
 
 def assemble_sample(
@@ -116,8 +125,12 @@ def assemble_sample(
         put([ids.future_start], text=1.0 if reasoning_ids is not None else 0.0)
         prefix_len = len(tokens)
         put([*future_ids, ids.future_end], traj=1.0)
-    return dict(tokens=np.asarray(tokens, np.int32), text_loss=np.asarray(text_loss, np.float32),
-                traj_loss=np.asarray(traj_loss, np.float32), expert_prefix_len=prefix_len)
+    return dict(
+        tokens=np.asarray(tokens, np.int32),
+        text_loss=np.asarray(text_loss, np.float32),
+        traj_loss=np.asarray(traj_loss, np.float32),
+        expert_prefix_len=prefix_len,
+    )
 
 
 def collate(
@@ -150,12 +163,15 @@ def collate(
         tokens[i, :n], valid[i, :n] = s["tokens"], True
         text_loss[i, :n], traj_loss[i, :n] = s["text_loss"], s["traj_loss"]
         grid = None if images is None else images[i][1]
-        pos, _ = qwen3vl_inputs.mrope_positions(tokens[i : i + 1, :n], None, grid, image_token_id, spatial_merge)
+        pos, _ = qwen3vl_inputs.mrope_positions(
+            tokens[i : i + 1, :n], None, grid, image_token_id, spatial_merge
+        )
         positions[:, i, :n] = pos[:, 0]
         if images is not None:
             per = images[i][0].patches_inp.shape[1] // spatial_merge**2
-            slots[i, :n] = qwen3vl_inputs.image_slots(tokens[i : i + 1, :n], grid, image_token_id, spatial_merge,
-                                                      per)[0]
+            slots[i, :n] = qwen3vl_inputs.image_slots(
+                tokens[i : i + 1, :n], grid, image_token_id, spatial_merge, per
+            )[0]
         prefix_len[i] = s["expert_prefix_len"]
         if prefix_len[i]:
             first_action[i] = positions[0, i, prefix_len[i] - 1] + 1
@@ -164,11 +180,20 @@ def collate(
         stacked_images = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[im for im, _ in images])
     traj = {k: np.stack([t[k] for t in trajectories]) for k in trajectories[0]}
     return Batch(
-        tokens_bl=tokens, valid_bl=valid, positions_3bl=positions, images=stacked_images, image_slots_bl=slots,
-        text_loss_bl=text_loss, traj_loss_bl=traj_loss, expert_prefix_len_b=prefix_len,
-        expert_position_b=first_action, controls_ba2=traj["controls"].astype(np.float32),
-        has_trajectory_b=traj["has_trajectory"].astype(bool), history_xyz_bh3=traj["history_xyz"].astype(np.float32),
-        future_xy_ba2=traj["future_xy"].astype(np.float32), future_yaw_ba=traj["future_yaw"].astype(np.float32),
+        tokens_bl=tokens,
+        valid_bl=valid,
+        positions_3bl=positions,
+        images=stacked_images,
+        image_slots_bl=slots,
+        text_loss_bl=text_loss,
+        traj_loss_bl=traj_loss,
+        expert_prefix_len_b=prefix_len,
+        expert_position_b=first_action,
+        controls_ba2=traj["controls"].astype(np.float32),
+        has_trajectory_b=traj["has_trajectory"].astype(bool),
+        history_xyz_bh3=traj["history_xyz"].astype(np.float32),
+        future_xy_ba2=traj["future_xy"].astype(np.float32),
+        future_yaw_ba=traj["future_yaw"].astype(np.float32),
     )
 
 
@@ -183,8 +208,13 @@ def random_trajectory(rng: np.random.Generator, num_waypoints: int = 64, num_his
     hist_t = np.arange(-(num_history - 1), 1) * action_space.DT
     history = np.stack([v0 * hist_t, np.zeros_like(hist_t), np.zeros_like(hist_t)], -1)
     controls = action_space.normalize_controls(np.stack([accel, curv], -1))
-    return dict(controls=np.asarray(controls), history_xyz=history.astype(np.float32),
-                future_xy=np.asarray(xy[0]), future_yaw=np.asarray(yaw[0]), has_trajectory=np.bool_(True))
+    return dict(
+        controls=np.asarray(controls),
+        history_xyz=history.astype(np.float32),
+        future_xy=np.asarray(xy[0]),
+        future_yaw=np.asarray(yaw[0]),
+        has_trajectory=np.bool_(True),
+    )
 
 
 def fake(
@@ -200,7 +230,9 @@ def fake(
     """A random, well-formed training batch for an `AlpamayoConfig` (tests and benchmarks)."""
     rng = np.random.default_rng(seed)
     layout, vcfg = cfg.tokens, cfg.vlm.vision
-    ids = SequenceIds.of(cfg.vlm.image_token_id, cfg.vlm.vision_start_token_id, cfg.vlm.vision_end_token_id, layout)
+    ids = SequenceIds.of(
+        cfg.vlm.image_token_id, cfg.vlm.vision_start_token_id, cfg.vlm.vision_end_token_id, layout
+    )
     text_hi = min(layout.base_vocab_size, cfg.vlm.image_token_id)
     samples, images, trajs = [], [], []
     h, w = grid_hw
@@ -209,9 +241,16 @@ def fake(
         traj = random_trajectory(rng, layout.num_waypoints, layout.num_history)
         history_ids = trajectory_tokens.encode_history(traj["history_xyz"], layout)
         future_ids = trajectory_tokens.encode_future(traj["controls"], layout)
-        samples.append(assemble_sample(ids, [h * w // merge**2] * num_images, history_ids,
-                                       rng.integers(0, text_hi, prompt_len), rng.integers(0, text_hi, reasoning_len),
-                                       future_ids))
+        samples.append(
+            assemble_sample(
+                ids,
+                [h * w // merge**2] * num_images,
+                history_ids,
+                rng.integers(0, text_hi, prompt_len),
+                rng.integers(0, text_hi, reasoning_len),
+                future_ids,
+            )
+        )
         pixels = rng.standard_normal((num_images * h * w, vcfg.patch_dim)).astype(np.float32)
         grid = np.array([[1, h, w]] * num_images)
         images.append((qwen3vl_inputs.vision_inputs(pixels, grid, vcfg), grid))

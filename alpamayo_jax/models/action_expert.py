@@ -46,9 +46,18 @@ class ExpertConfig:
 def expert_config(text: TextConfig, width: int, mlp_dim: int, num_heads: int, **kw: Any) -> ExpertConfig:
     """An expert matched to a backbone: layers, KV heads, head_dim and RoPE are the backbone's."""
     return ExpertConfig(
-        width=width, mlp_dim=mlp_dim, num_heads=num_heads, num_kv_heads=text.num_kv_heads, head_dim=text.head_dim,
-        num_layers=text.num_layers, rms_eps=text.rms_eps, rope_theta=text.rope_theta,
-        mrope_sections=text.mrope_sections, dtype=text.dtype, param_dtype=text.param_dtype, remat=text.remat,
+        width=width,
+        mlp_dim=mlp_dim,
+        num_heads=num_heads,
+        num_kv_heads=text.num_kv_heads,
+        head_dim=text.head_dim,
+        num_layers=text.num_layers,
+        rms_eps=text.rms_eps,
+        rope_theta=text.rope_theta,
+        mrope_sections=text.mrope_sections,
+        dtype=text.dtype,
+        param_dtype=text.param_dtype,
+        remat=text.remat,
         **kw,
     )
 
@@ -65,11 +74,21 @@ class ExpertLayer(nn.Module):
         dense = dict(dtype=dtype, param_dtype=pdtype)
         h, i = carry
         x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="input_norm")(h)
-        q = layers.Dense((cfg.num_heads, cfg.head_dim), ("embed", "q_heads", "head_dim"), name="q", **dense)(x)
-        k = layers.Dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k", **dense)(x)
-        v = layers.Dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v", **dense)(x)
-        q = layers.apply_rotary(layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="q_norm")(q), cos_bad, sin_bad)
-        k = layers.apply_rotary(layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="k_norm")(k), cos_bad, sin_bad)
+        q = layers.Dense((cfg.num_heads, cfg.head_dim), ("embed", "q_heads", "head_dim"), name="q", **dense)(
+            x
+        )
+        k = layers.Dense(
+            (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k", **dense
+        )(x)
+        v = layers.Dense(
+            (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v", **dense
+        )(x)
+        q = layers.apply_rotary(
+            layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="q_norm")(q), cos_bad, sin_bad
+        )
+        k = layers.apply_rotary(
+            layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="k_norm")(k), cos_bad, sin_bad
+        )
         if cfg.knowledge_insulation:
             prefix_k_bpkd = jax.lax.stop_gradient(prefix_k_bpkd)
             prefix_v_bpkd = jax.lax.stop_gradient(prefix_v_bpkd)
@@ -104,16 +123,32 @@ class ActionExpert(nn.Module):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         batch, num_actions, _ = x_ba2.shape
-        h = ActionInputProjection(cfg.width, hidden=cfg.input_hidden, dtype=dtype, param_dtype=pdtype,
-                                  name="action_in")(x_ba2, t_b)
+        h = ActionInputProjection(
+            cfg.width, hidden=cfg.input_hidden, dtype=dtype, param_dtype=pdtype, name="action_in"
+        )(x_ba2, t_b)
         pos = first_position_b[:, None] + jnp.arange(num_actions)[None, :]
-        cos, sin = layers.mrope_cos_sin(jnp.broadcast_to(pos[None], (3, batch, num_actions)), cfg.head_dim,
-                                        cfg.rope_theta, cfg.mrope_sections)
+        cos, sin = layers.mrope_cos_sin(
+            jnp.broadcast_to(pos[None], (3, batch, num_actions)),
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.mrope_sections,
+        )
         own = jnp.ones((batch, num_actions, num_actions), bool)
-        mask = jnp.concatenate([jnp.broadcast_to(prefix_valid_bp[:, None, :], (batch, num_actions,
-                                                                               prefix_valid_bp.shape[1])), own], -1)
-        stack = scanned_layers(ExpertLayer, cfg, cfg.num_layers, cfg.remat, "layers",
-                               in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast))
+        mask = jnp.concatenate(
+            [
+                jnp.broadcast_to(prefix_valid_bp[:, None, :], (batch, num_actions, prefix_valid_bp.shape[1])),
+                own,
+            ],
+            -1,
+        )
+        stack = scanned_layers(
+            ExpertLayer,
+            cfg,
+            cfg.num_layers,
+            cfg.remat,
+            "layers",
+            in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast),
+        )
         (h, _), _ = stack((h, jnp.zeros((), jnp.int32)), prefix_k, prefix_v, cos, sin, mask)
         h = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="norm")(h)
         return VelocityHead(dtype=dtype, param_dtype=pdtype, name="velocity")(h)

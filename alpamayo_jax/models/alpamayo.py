@@ -39,7 +39,9 @@ class AlpamayoConfig:
             )
         for field in ("num_layers", "num_kv_heads", "head_dim"):
             if getattr(self.expert, field) != getattr(self.vlm.text, field):
-                raise ValueError(f"expert.{field} must equal the backbone's ({getattr(self.vlm.text, field)})")
+                raise ValueError(
+                    f"expert.{field} must equal the backbone's ({getattr(self.vlm.text, field)})"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -48,20 +50,35 @@ class AlpamayoConfig:
     def from_dict(cls, d: dict[str, Any]) -> AlpamayoConfig:
         expert = dict(d["expert"], mrope_sections=tuple(d["expert"]["mrope_sections"]))
         tokens = dict(d["tokens"], special_tokens=tuple(d["tokens"]["special_tokens"]))
-        return cls(vlm=Qwen3VLConfig.from_dict(d["vlm"]), expert=ExpertConfig(**expert), tokens=TokenLayout(**tokens),
-                   max_loss_tokens=d.get("max_loss_tokens"))
+        return cls(
+            vlm=Qwen3VLConfig.from_dict(d["vlm"]),
+            expert=ExpertConfig(**expert),
+            tokens=TokenLayout(**tokens),
+            max_loss_tokens=d.get("max_loss_tokens"),
+        )
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # CPU tests: tiny towers and a reduced trajectory vocabulary (256 future / 128 history bins).
-    "tiny": dict(backbone="tiny", expert=dict(width=32, mlp_dim=64, num_heads=2, input_hidden=32),
-                 tokens=dict(base_vocab_size=512, num_future_bins=256, num_history_bins=128)),
+    "tiny": dict(
+        backbone="tiny",
+        expert=dict(width=32, mlp_dim=64, num_heads=2, input_hidden=32),
+        tokens=dict(base_vocab_size=512, num_future_bins=256, num_history_bins=128),
+    ),
     # Qwen3-VL-2B backbone + a 1024-wide expert (issue "action pathway").
-    "ar1_2b": dict(backbone="qwen3vl_2b", expert=dict(width=1024, mlp_dim=3072, num_heads=8),
-                   tokens=dict(), max_loss_tokens=512),
+    "ar1_2b": dict(
+        backbone="qwen3vl_2b",
+        expert=dict(width=1024, mlp_dim=3072, num_heads=8),
+        tokens=dict(),
+        max_loss_tokens=512,
+    ),
     # The Alpamayo-R1-10B release: Qwen3-VL-8B + the 2048-wide expert (about 8.8B + 2.3B).
-    "ar1_10b": dict(backbone="qwen3vl_8b", expert=dict(width=2048, mlp_dim=8256, num_heads=16),
-                    tokens=dict(), max_loss_tokens=512),
+    "ar1_10b": dict(
+        backbone="qwen3vl_8b",
+        expert=dict(width=2048, mlp_dim=8256, num_heads=16),
+        tokens=dict(),
+        max_loss_tokens=512,
+    ),
 }
 
 
@@ -88,7 +105,9 @@ def select_loss_positions(weights_bl: jax.Array, num: int | None) -> tuple[jax.A
     """Indices `[B, N]` of the positions with a loss (first N per row) and the count left out `[B]`."""
     length = weights_bl.shape[1]
     if num is None or num >= length:
-        return jnp.broadcast_to(jnp.arange(length), weights_bl.shape), jnp.zeros(weights_bl.shape[:1], jnp.int32)
+        return jnp.broadcast_to(jnp.arange(length), weights_bl.shape), jnp.zeros(
+            weights_bl.shape[:1], jnp.int32
+        )
     has_loss = weights_bl > 0
     idx = jax.vmap(lambda row: jnp.nonzero(row, size=num, fill_value=length - 1)[0])(has_loss)
     dropped = jnp.maximum(has_loss.sum(axis=1) - num, 0).astype(jnp.int32)
@@ -134,7 +153,9 @@ class Alpamayo(nn.Module):
         noise = jax.random.normal(rng_n, x1.shape, jnp.float32)
         x_t = flow_matching.flow_interpolate(x1, noise, t)
         pred = self.expert(x_t, t, k, v, self.prefix_valid(batch), batch.expert_position_b)
-        flow = flow_matching.flow_matching_loss(pred, flow_matching.flow_target(x1, noise), batch.has_trajectory_b)
+        flow = flow_matching.flow_matching_loss(
+            pred, flow_matching.flow_target(x1, noise), batch.has_trajectory_b
+        )
         return {
             "text_ce": masked_mean(nll, w_text),
             "traj_ce": masked_mean(nll, w_traj),

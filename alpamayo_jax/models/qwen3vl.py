@@ -98,10 +98,11 @@ class Qwen3VL(nn.Module):
             feats = merged_imd.reshape(batch, -1, width)
             taps = deepstack_nimd.reshape(num_taps, batch, -1, width)
         else:
-            feats = jnp.broadcast_to(merged_imd.reshape(1, -1, width), (tokens_bl.shape[0], merged_imd.shape[0] *
-                                                                         merged_imd.shape[1], width))
-            taps = jnp.broadcast_to(deepstack_nimd.reshape(num_taps, 1, -1, width),
-                                    (num_taps, *feats.shape))
+            feats = jnp.broadcast_to(
+                merged_imd.reshape(1, -1, width),
+                (tokens_bl.shape[0], merged_imd.shape[0] * merged_imd.shape[1], width),
+            )
+            taps = jnp.broadcast_to(deepstack_nimd.reshape(num_taps, 1, -1, width), (num_taps, *feats.shape))
         is_image = (image_slots_bl >= 0)[..., None]
         rows = jnp.maximum(image_slots_bl, 0)[..., None]
         picked = jnp.take_along_axis(feats, rows, axis=1)

@@ -1,0 +1,157 @@
+"""Inference latency of the compiled policy at the release input shapes (random bf16 weights).
+
+Release shapes (SPEC 1.2): 4 cameras x 4 frames at 320x576 (180 merged tokens each, 2,880 in all),
+48 history tokens, a 30-token prompt, batch 1; 40 reasoning tokens (forced, greedy) and 5 or 10 flow
+steps. Each stage is its own compiled program so its time is measured alone; `total_ms` is the one
+program that users call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alpamayo_jax import generation, inference, trajectory_tokens
+from alpamayo_jax.benchmarks.timing import time_compiled
+from alpamayo_jax.data import batch as batch_lib
+from alpamayo_jax.models import alpamayo, qwen3vl_inputs
+from alpamayo_jax.models.qwen3vl import Qwen3VL
+from alpamayo_jax.models.qwen3vl_inputs import PromptInputs
+
+RELEASE_SHAPES = dict(
+    cameras=4, frames=4, height=320, width=576, history_tokens=48, prompt_tokens=30, reasoning_tokens=40
+)
+
+
+def release_prompt(
+    cfg: alpamayo.AlpamayoConfig,
+    batch: int,
+    rng: np.random.Generator,
+    shapes: dict[str, int] = RELEASE_SHAPES,
+) -> tuple[PromptInputs, np.ndarray]:
+    """A prompt of the release layout: images, history block, prompt text, <|cot_start|>."""
+    vcfg = cfg.vlm.vision
+    h, w = shapes["height"] // vcfg.patch_size, shapes["width"] // vcfg.patch_size
+    num_images = shapes["cameras"] * shapes["frames"]
+    ids = batch_lib.SequenceIds.of(
+        cfg.vlm.image_token_id, cfg.vlm.vision_start_token_id, cfg.vlm.vision_end_token_id, cfg.tokens
+    )
+    text_hi = min(cfg.tokens.base_vocab_size, cfg.vlm.image_token_id)
+    samples, images, trajs = [], [], []
+    for _ in range(batch):
+        traj = batch_lib.random_trajectory(rng, cfg.tokens.num_waypoints, cfg.tokens.num_history)
+        history = trajectory_tokens.encode_history(traj["history_xyz"], cfg.tokens)
+        sample = batch_lib.assemble_sample(
+            ids,
+            [h * w // vcfg.spatial_merge**2] * num_images,
+            history,
+            rng.integers(0, text_hi, shapes["prompt_tokens"]),
+            None,
+            None,
+        )
+        sample["tokens"] = np.append(sample["tokens"], ids.cot_start).astype(np.int32)
+        sample["text_loss"] = np.append(sample["text_loss"], 0.0)
+        sample["traj_loss"] = np.append(sample["traj_loss"], 0.0)
+        samples.append(sample)
+        pixels = rng.standard_normal((num_images * h * w, vcfg.patch_dim)).astype(np.float32)
+        grid = np.array([[1, h, w]] * num_images)
+        images.append((qwen3vl_inputs.vision_inputs(pixels, grid, vcfg), grid))
+        trajs.append(traj)
+    length = len(samples[0]["tokens"])
+    b = batch_lib.collate(samples, images, trajs, length, cfg.vlm.image_token_id, vcfg.spatial_merge)
+    prompt = PromptInputs(
+        tokens_bl=b.tokens_bl,
+        positions_3bl=b.positions_3bl,
+        valid_bl=b.valid_bl,
+        next_position_b=b.positions_3bl[0, :, -1] + 1,
+        images=b.images.replace(patches_inp=b.images.patches_inp.astype(jnp.dtype(cfg.vlm.vision.dtype))),
+        image_slots_bl=b.image_slots_bl,
+    )
+    return prompt, b.history_xyz_bh3
+
+
+def init_params(cfg: alpamayo.AlpamayoConfig, seed: int = 0) -> Any:
+    """Random parameters created on the device in the config's param dtype."""
+    tiny_batch = batch_lib.fake(cfg, 1, num_images=1, grid_hw=(2, 2), prompt_len=2, reasoning_len=1)
+    init = jax.jit(lambda rng: nn.unbox(alpamayo.Alpamayo(cfg).init(rng, tiny_batch, rng))["params"])
+    return init(jax.random.key(seed))
+
+
+def run(
+    preset: str,
+    batch: int = 1,
+    flow_steps: tuple[int, ...] = (5, 10),
+    reps: int = 10,
+    attention_impl: str | None = None,
+    dtype: str = "bfloat16",
+) -> dict[str, Any]:
+    if attention_impl is None:
+        attention_impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    cfg = alpamayo.alpamayo_config(preset, dtype=dtype, param_dtype=dtype, attention_impl=attention_impl)
+    params = init_params(cfg)
+    prompt, history = release_prompt(cfg, batch, np.random.default_rng(0))
+    prompt, history = jax.device_put((prompt, history))
+    n_reason = RELEASE_SHAPES["reasoning_tokens"]
+    vlm = Qwen3VL(cfg.vlm)
+    result: dict[str, Any] = dict(
+        preset=preset,
+        device=jax.devices()[0].device_kind,
+        backend=jax.default_backend(),
+        batch=batch,
+        dtype=dtype,
+        attention_impl=attention_impl,
+        prefix_tokens=int(prompt.tokens_bl.shape[1]),
+        vision_tokens=int((np.asarray(prompt.image_slots_bl) >= 0).sum() // batch),
+        reasoning_tokens=n_reason,
+        params_b={k: sum(x.size for x in jax.tree_util.tree_leaves(v)) / 1e9 for k, v in params.items()},
+    )
+
+    vision = jax.jit(
+        lambda p, images: nn.apply(
+            lambda m, im: m.vision(jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), im)), vlm
+        )({"params": p}, images)
+    )
+    t = time_compiled(vision, params["vlm"], prompt.images, reps=reps)
+    result["vision_ms"], compile_ms = t["median_ms"], {"vision": t["compile_ms"]}
+
+    cache_size = prompt.tokens_bl.shape[1] + n_reason + 1
+    prefill = jax.jit(lambda p, pr: generation.prefill(vlm, p, pr, cache_size))
+    t = time_compiled(prefill, params["vlm"], prompt, reps=reps)
+    result["prefill_with_vision_ms"], compile_ms["prefill"] = t["median_ms"], t["compile_ms"]
+    result["prefill_ms"] = result["prefill_with_vision_ms"] - result["vision_ms"]
+
+    logits, cache = prefill(params["vlm"], prompt)
+    sampling = generation.SamplingConfig(0.0, 1.0, None)
+    decode = jax.jit(
+        lambda p, lg, c, pos, rng: generation.decode(vlm, p, lg, c, pos, rng, n_reason, sampling)
+    )
+    t = time_compiled(
+        decode, params["vlm"], logits, cache, prompt.next_position_b, jax.random.key(1), reps=reps
+    )
+    result["decode_ms"], compile_ms["decode"] = t["median_ms"], t["compile_ms"]
+    result["decode_ms_per_token"] = t["median_ms"] / n_reason
+
+    icfg = inference.InferenceConfig(
+        max_reasoning_tokens=n_reason, min_reasoning_tokens=n_reason, temperature=0.0
+    )
+    _, _, full_cache, first = jax.jit(lambda p, pr, r: inference.reason(cfg, icfg, p, pr, r))(
+        params, prompt, jax.random.key(2)
+    )
+    for steps in flow_steps:
+        flow = jax.jit(lambda p, c, f, r, steps=steps: inference.flow_sample(cfg, p, c, f, r, steps))
+        t = time_compiled(flow, params, full_cache, first, jax.random.key(3), reps=reps)
+        result[f"flow_{steps}_steps_ms"], compile_ms[f"flow_{steps}"] = t["median_ms"], t["compile_ms"]
+    result["flow_ms_per_step"] = result[f"flow_{flow_steps[0]}_steps_ms"] / flow_steps[0]
+
+    for steps in flow_steps:
+        policy = inference.compile_policy(cfg, dataclasses.replace(icfg, flow_steps=steps))
+        t = time_compiled(policy, params, prompt, history, jax.random.key(4), reps=reps)
+        result[f"total_{steps}_steps_ms"], compile_ms[f"total_{steps}"] = t["median_ms"], t["compile_ms"]
+    result["total_ms"] = result[f"total_{flow_steps[0]}_steps_ms"]
+    result["compile_ms"] = compile_ms
+    return result

@@ -1,0 +1,42 @@
+"""Benchmarks; prints one JSON object (record GPU numbers in docs/PERFORMANCE.md).
+
+    python tools/benchmark.py --preset ar1_2b --what infer --json
+
+`--what infer`: latency of the compiled policy at the release input shapes (vision, prefill, decode per
+token, flow per step, end to end), medians after warm-up, compile times apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from alpamayo_jax.benchmarks import infer
+
+BENCHMARKS = {"infer": infer.run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--what", choices=sorted(BENCHMARKS), default="infer")
+    parser.add_argument("--preset", default="ar1_2b", help="alpamayo preset: tiny, ar1_2b, ar1_10b")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--attention", default=None, choices=["xla", "cudnn"], help="default: cudnn on GPU")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args(argv)
+    result = BENCHMARKS[args.what](
+        args.preset, batch=args.batch, reps=args.reps, attention_impl=args.attention, dtype=args.dtype
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>24}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
