@@ -8,9 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from transformers import Qwen3Config, Qwen3Model
+from transformers import Qwen3Config, Qwen3Model, Qwen3VLForConditionalGeneration
 from transformers import Qwen3VLConfig as HFConfig
-from transformers import Qwen3VLForConditionalGeneration
 
 from alpamayo_jax import inference
 from alpamayo_jax.data import batch as batch_lib
@@ -191,7 +190,7 @@ def test_cached_prefix_gives_the_same_velocity_as_the_training_forward(setup):
         pos = np.asarray(prompt.positions_3bl[:, b, :n])
         extra = int(prompt.next_position_b[b]) + np.arange(len(seq) - n)
         pos = np.concatenate([pos, np.broadcast_to(extra, (3, len(extra)))], 1)
-        images = jax.tree_util.tree_map(lambda a: a[b : b + 1], batch.images)
+        images = jax.tree_util.tree_map(lambda a, b=b: a[b : b + 1], batch.images)
         slots = np.concatenate([np.asarray(prompt.image_slots_bl[b, :n]), np.full(len(seq) - n, -1)])
 
         def forward(m, seq=seq, pos=pos, images=images, slots=slots):

@@ -144,8 +144,8 @@ def collate(
     """Right-pads `assemble_sample` outputs to `length` and stacks them with their images.
 
     images: per sample, a VisionInputs over its own images and their `grid_thw` (same image count and
-    padded patch count for all samples); trajectories: per sample `controls` [A, 2] (normalised), `history_xyz` [H, 3],
-    `future_xy` [A, 2], `future_yaw` [A], `has_trajectory` (bool).
+    padded patch count for all samples); trajectories: per sample `controls` [A, 2] (normalised),
+    `history_xyz` [H, 3], `future_xy` [A, 2], `future_yaw` [A], `has_trajectory` (bool).
     """
     b = len(samples)
     tokens = np.zeros((b, length), np.int32)
