@@ -25,10 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--attention", default=None, choices=["xla", "cudnn"], help="default: cudnn on GPU")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--unroll", type=int, default=64, help="layers unrolled per scan step (64: all)")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
     result = BENCHMARKS[args.what](
-        args.preset, batch=args.batch, reps=args.reps, attention_impl=args.attention, dtype=args.dtype
+        args.preset,
+        batch=args.batch,
+        reps=args.reps,
+        attention_impl=args.attention,
+        dtype=args.dtype,
+        unroll=args.unroll,
     )
     if args.json:
         print(json.dumps(result))

@@ -89,10 +89,14 @@ def run(
     reps: int = 10,
     attention_impl: str | None = None,
     dtype: str = "bfloat16",
+    unroll: int = 64,
 ) -> dict[str, Any]:
+    """`unroll` layers per scan step (64: every layer of every tower, the inference setting)."""
     if attention_impl is None:
         attention_impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
-    cfg = alpamayo.alpamayo_config(preset, dtype=dtype, param_dtype=dtype, attention_impl=attention_impl)
+    cfg = alpamayo.alpamayo_config(
+        preset, dtype=dtype, param_dtype=dtype, attention_impl=attention_impl, scan_unroll=unroll
+    )
     params = init_params(cfg)
     prompt, history = release_prompt(cfg, batch, np.random.default_rng(0))
     prompt, history = jax.device_put((prompt, history))

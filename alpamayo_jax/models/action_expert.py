@@ -41,6 +41,7 @@ class ExpertConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     attention_impl: str | None = None
+    scan_unroll: int = 1
 
 
 def expert_config(text: TextConfig, width: int, mlp_dim: int, num_heads: int, **kw: Any) -> ExpertConfig:
@@ -68,7 +69,7 @@ class ExpertLayer(nn.Module):
     cfg: ExpertConfig
 
     @nn.compact
-    def __call__(self, carry, prefix_k_bpkd, prefix_v_bpkd, cos_bad, sin_bad, mask_bas):
+    def __call__(self, carry, prefix_k_bpkd, prefix_v_bpkd, cos_bad, sin_bad, prefix_valid_bp):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dense = dict(dtype=dtype, param_dtype=pdtype)
@@ -92,9 +93,7 @@ class ExpertLayer(nn.Module):
         if cfg.knowledge_insulation:
             prefix_k_bpkd = jax.lax.stop_gradient(prefix_k_bpkd)
             prefix_v_bpkd = jax.lax.stop_gradient(prefix_v_bpkd)
-        keys = jnp.concatenate([prefix_k_bpkd.astype(dtype), k], axis=1)
-        values = jnp.concatenate([prefix_v_bpkd.astype(dtype), v], axis=1)
-        out = layers.attention(q, keys, values, mask_bas, implementation=None)
+        out = layers.two_part_attention(q, prefix_k_bpkd, prefix_v_bpkd, prefix_valid_bp, k, v)
         out = out.reshape(*out.shape[:2], cfg.num_heads * cfg.head_dim)
         h = h + layers.Dense(cfg.width, ("q_heads_head_dim", "embed"), name="o", **dense)(out)
         x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="post_norm")(h)
@@ -133,14 +132,6 @@ class ActionExpert(nn.Module):
             cfg.rope_theta,
             cfg.mrope_sections,
         )
-        own = jnp.ones((batch, num_actions, num_actions), bool)
-        mask = jnp.concatenate(
-            [
-                jnp.broadcast_to(prefix_valid_bp[:, None, :], (batch, num_actions, prefix_valid_bp.shape[1])),
-                own,
-            ],
-            -1,
-        )
         stack = scanned_layers(
             ExpertLayer,
             cfg,
@@ -148,7 +139,8 @@ class ActionExpert(nn.Module):
             cfg.remat,
             "layers",
             in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast),
+            unroll=cfg.scan_unroll,
         )
-        (h, _), _ = stack((h, jnp.zeros((), jnp.int32)), prefix_k, prefix_v, cos, sin, mask)
+        (h, _), _ = stack((h, jnp.zeros((), jnp.int32)), prefix_k, prefix_v, cos, sin, prefix_valid_bp)
         h = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="norm")(h)
         return VelocityHead(dtype=dtype, param_dtype=pdtype, name="velocity")(h)

@@ -211,3 +211,33 @@ def causal_attention(
     length = valid_bl.shape[1]
     mask = jnp.tril(jnp.ones((length, length), bool))[None] & valid_bl[:, None, :]
     return attention(q_blhd, k_blkd, v_blkd, mask, implementation=implementation)
+
+
+def two_part_attention(
+    q_blhd: jax.Array,
+    k1_bskd: jax.Array,
+    v1_bskd: jax.Array,
+    mask1_bs: jax.Array,
+    k2_btkd: jax.Array,
+    v2_btkd: jax.Array,
+) -> jax.Array:
+    """Softmax attention over the union of two key sets without concatenating them.
+
+    Part 1 is large and read-only (a KV cache or the VLM prefix: `[B, S, K, D]`, valid slots
+    `mask1_bs`), part 2 small and always visible (the new token in decode, or the 64 action tokens).
+    One pass over part 1 and no copy of it: the memory-bound paths read each cache byte once.
+    """
+    b, length, h, d = q_blhd.shape
+    k = k1_bskd.shape[2]
+    q = (q_blhd.astype(jnp.float32) * d**-0.5).reshape(b, length, k, h // k, d).astype(q_blhd.dtype)
+    f32 = jnp.float32
+    s1 = jnp.einsum("blkgd,bskd->bkgls", q, k1_bskd.astype(q.dtype), preferred_element_type=f32)
+    s1 = jnp.where(mask1_bs[:, None, None, None, :], s1, -jnp.inf)
+    s2 = jnp.einsum("blkgd,btkd->bkglt", q, k2_btkd.astype(q.dtype), preferred_element_type=f32)
+    m = jnp.maximum(s1.max(axis=-1), s2.max(axis=-1))[..., None]
+    p1, p2 = jnp.exp(s1 - m), jnp.exp(s2 - m)
+    denom = p1.sum(axis=-1) + p2.sum(axis=-1)
+    out = jnp.einsum("bkgls,bskd->blkgd", p1.astype(v1_bskd.dtype), v1_bskd, preferred_element_type=f32)
+    out += jnp.einsum("bkglt,btkd->blkgd", p2.astype(v2_btkd.dtype), v2_btkd, preferred_element_type=f32)
+    out = out / jnp.moveaxis(denom, -1, 1)[..., None]
+    return out.reshape(b, length, h, d).astype(q_blhd.dtype)

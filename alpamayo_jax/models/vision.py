@@ -41,6 +41,7 @@ class VisionConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     attention_impl: str | None = None
+    scan_unroll: int = 1
 
     @property
     def patch_dim(self) -> int:
@@ -183,7 +184,7 @@ class VisionTower(nn.Module):
         for slot, layer in enumerate(cfg.deepstack_layers):
             slot_of_layer[layer] = slot
         taps = jnp.zeros((num_taps + 1, *x.shape), dtype)
-        blocks = scanned_layers(VisionBlock, cfg, cfg.depth, cfg.remat, "blocks")
+        blocks = scanned_layers(VisionBlock, cfg, cfg.depth, cfg.remat, "blocks", unroll=cfg.scan_unroll)
         (x, _, taps), _ = blocks(
             (x, jnp.zeros((), jnp.int32), taps), cos, sin, inputs.lengths_i, jnp.asarray(slot_of_layer)
         )

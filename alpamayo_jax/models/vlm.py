@@ -38,6 +38,7 @@ class TextConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     attention_impl: str | None = None
+    scan_unroll: int = 1  # layers unrolled per scan step (inference: all, to cut per-layer launch overhead)
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -118,60 +119,38 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    """GQA self-attention with q/k norms and M-RoPE.
+    """GQA self-attention with q/k norms and M-RoPE; returns (output, this call's k/v).
 
-    Without a cache (training) or for a multi-token prefill, the tokens attend causally to each other
-    (right-padded rows: the cuDNN fast path). A one-token decode attends to the cache slots allowed
-    by `cache_mask_bs`. With a cache, the new k/v are written at `write_index`.
+    Without a cache (training, prefill) the tokens attend causally to each other (right-padded rows:
+    the cuDNN fast path). A one-token decode attends to the cache slots allowed by `cache_mask_bs`
+    plus itself; the cache is only read here (the caller writes the returned k/v into it).
     """
 
     cfg: TextConfig
 
     @nn.compact
-    def __call__(
-        self, x_bld, cos_bld, sin_bld, valid_bl, cache_kv=None, write_index=None, cache_mask_bs=None
-    ):
+    def __call__(self, x_bld, cos_bld, sin_bld, valid_bl, cache_k=None, cache_v=None, cache_mask_bs=None):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dense = dict(dtype=dtype, param_dtype=pdtype)
-        q = layers.Dense((cfg.num_heads, cfg.head_dim), ("embed", "q_heads", "head_dim"), name="q", **dense)(
-            x_bld
-        )
-        k = layers.Dense(
-            (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k", **dense
-        )(x_bld)
-        v = layers.Dense(
-            (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v", **dense
-        )(x_bld)
+        heads = (cfg.num_heads, cfg.head_dim)
+        kv_heads = (cfg.num_kv_heads, cfg.head_dim)
+        q = layers.Dense(heads, ("embed", "q_heads", "head_dim"), name="q", **dense)(x_bld)
+        k = layers.Dense(kv_heads, ("embed", "kv_heads", "head_dim"), name="k", **dense)(x_bld)
+        v = layers.Dense(kv_heads, ("embed", "kv_heads", "head_dim"), name="v", **dense)(x_bld)
         q = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="q_norm")(q)
         k = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="k_norm")(k)
         q = layers.apply_rotary(q, cos_bld, sin_bld)
         k = layers.apply_rotary(k, cos_bld, sin_bld)
         q = layers.constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
-        new_kv = (k, v)
-        decoding = cache_kv is not None and x_bld.shape[1] == 1
-        if cache_kv is not None:
-            k_cache = jax.lax.dynamic_update_slice_in_dim(
-                cache_kv[0], k.astype(cache_kv[0].dtype), write_index, 1
-            )
-            v_cache = jax.lax.dynamic_update_slice_in_dim(
-                cache_kv[1], v.astype(cache_kv[1].dtype), write_index, 1
-            )
-            new_kv = (k_cache, v_cache)
-        if decoding:
-            out = layers.attention(
-                q,
-                new_kv[0].astype(dtype),
-                new_kv[1].astype(dtype),
-                cache_mask_bs[:, None, :],
-                implementation=None,
-            )
+        if cache_k is not None and x_bld.shape[1] == 1:
+            out = layers.two_part_attention(q, cache_k, cache_v, cache_mask_bs, k, v)
         else:
             out = layers.causal_attention(q, k, v, valid_bl, cfg.attention_impl)
         out = layers.Dense(cfg.width, ("q_heads_head_dim", "embed"), name="o", **dense)(
             out.reshape(*out.shape[:2], cfg.num_heads * cfg.head_dim)
         )
-        return out, new_kv
+        return out, (k, v)
 
 
 class MLP(nn.Module):
@@ -192,25 +171,22 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm decoder layer in scan form: `(carry, _) -> (carry, per-layer k/v)`.
+    """One pre-norm decoder layer in scan form: `(carry, per-layer cache k/v) -> (carry, this k/v)`.
 
-    carry = (hidden `[B, L, D]`, layer index, cache (k, v) `[layers, B, S, K, D]` or None). Broadcast
-    arguments: cos/sin, valid tokens `[B, L]`, cache write index and slot mask `[B, S]`, DeepStack
-    additions `[n, B, L, D]`.
+    carry = (hidden `[B, L, D]`, layer index). Per-layer inputs: the cache k/v `[B, S, K, D]` (decode)
+    or None. Broadcast: cos/sin, valid tokens `[B, L]`, cache slot mask `[B, S]`, DeepStack additions
+    `[n, B, L, D]` (added after the first n layers at image positions).
     """
 
     cfg: TextConfig
 
     @nn.compact
-    def __call__(self, carry, cos_bld, sin_bld, valid_bl, write_index, cache_mask_bs, deepstack_nbld):
+    def __call__(self, carry, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs, deepstack_nbld):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
-        h, i, cache = carry
-        layer_cache = None if cache is None else (cache[0][i], cache[1][i])
+        h, i = carry
         x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="input_norm")(h)
-        attn, kv = Attention(cfg, name="attn")(
-            x, cos_bld, sin_bld, valid_bl, layer_cache, write_index, cache_mask_bs
-        )
+        attn, kv = Attention(cfg, name="attn")(x, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs)
         h = h + attn
         x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="post_norm")(h)
         h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, name="mlp")(x)
@@ -219,17 +195,17 @@ class DecoderLayer(nn.Module):
             add = jax.lax.dynamic_index_in_dim(deepstack_nbld, jnp.minimum(i, n - 1), keepdims=False)
             h = h + jnp.where(i < n, add, jnp.zeros_like(add)).astype(h.dtype)
         h = layers.constrain(h, ("activation_batch", "activation_length", "activation_embed"))
-        if cache is not None:
-            cache = (
-                jax.lax.dynamic_update_index_in_dim(cache[0], kv[0], i, 0),
-                jax.lax.dynamic_update_index_in_dim(cache[1], kv[1], i, 0),
-            )
-            kv = None
-        return (h, i + 1, cache), kv
+        return (h, i + 1), kv
 
 
 def scanned_layers(
-    layer_cls: type[nn.Module], cfg: Any, num_layers: int, remat: str, name: str, in_axes: Any = nn.broadcast
+    layer_cls: type[nn.Module],
+    cfg: Any,
+    num_layers: int,
+    remat: str,
+    name: str,
+    in_axes: Any = nn.broadcast,
+    unroll: int = 1,
 ) -> nn.Module:
     """`layer_cls` stacked over a leading 'layers' parameter axis under nn.scan (+ remat policy).
 
@@ -246,6 +222,7 @@ def scanned_layers(
         split_rngs={"params": True, "dropout": True},
         in_axes=in_axes,
         length=num_layers,
+        unroll=unroll,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name=name)
 
@@ -266,7 +243,16 @@ class TextDecoder(nn.Module):
             param_dtype=pdtype,
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
         )
-        self.layers = scanned_layers(DecoderLayer, cfg, cfg.num_layers, cfg.remat, "layers")
+        bcast = nn.broadcast
+        self.layers = scanned_layers(
+            DecoderLayer,
+            cfg,
+            cfg.num_layers,
+            cfg.remat,
+            "layers",
+            in_axes=(bcast, bcast, bcast, 0, 0, bcast, bcast),
+            unroll=cfg.scan_unroll,
+        )
         self.norm = layers.RMSNorm(cfg.rms_eps, self._dtype, pdtype)
         if not cfg.tie_embeddings:
             self.lm_head = layers.Dense(
@@ -304,22 +290,21 @@ class TextDecoder(nn.Module):
         h = layers.constrain(
             embeds_bld.astype(self._dtype), ("activation_batch", "activation_length", "activation_embed")
         )
-        kv_cache, write_index, cache_mask = None, None, None
-        if cache is not None:
-            valid_bs = jax.lax.dynamic_update_slice_in_dim(cache.valid_bs, valid_bl, cache.index, axis=1)
-            cache = cache.replace(valid_bs=valid_bs)
-            kv_cache, write_index = (cache.k, cache.v), cache.index
-            cache_mask = valid_bs & (jnp.arange(valid_bs.shape[1]) < cache.index + length)[None]
-        (h, _, kv_cache), kv = self.layers(
-            (h, jnp.zeros((), jnp.int32), kv_cache),
-            cos,
-            sin,
-            valid_bl,
-            write_index,
-            cache_mask,
-            deepstack_nbld,
+        decoding = cache is not None and length == 1
+        cache_k = cache.k if decoding else None
+        cache_v = cache.v if decoding else None
+        cache_mask = None
+        if decoding:
+            cache_mask = cache.valid_bs & (jnp.arange(cache.valid_bs.shape[1]) < cache.index)[None]
+        (h, _), kv = self.layers(
+            (h, jnp.zeros((), jnp.int32)), cos, sin, valid_bl, cache_k, cache_v, cache_mask, deepstack_nbld
         )
         h = self.norm(h)
         if cache is None:
             return h, kv
-        return h, KVCache(k=kv_cache[0], v=kv_cache[1], valid_bs=cache.valid_bs, index=cache.index + length)
+        return h, KVCache(
+            k=jax.lax.dynamic_update_slice_in_dim(cache.k, kv[0].astype(cache.k.dtype), cache.index, axis=2),
+            v=jax.lax.dynamic_update_slice_in_dim(cache.v, kv[1].astype(cache.v.dtype), cache.index, axis=2),
+            valid_bs=jax.lax.dynamic_update_slice_in_dim(cache.valid_bs, valid_bl, cache.index, axis=1),
+            index=cache.index + length,
+        )
