@@ -210,3 +210,25 @@ def test_cached_prefix_gives_the_same_velocity_as_the_training_forward(setup):
             method=alpamayo.Alpamayo.velocity,
         )
         np.testing.assert_allclose(v_cache[b], v_full[0], atol=2e-4)
+
+
+def test_unstacked_inference_layout_matches_the_scanned_model(setup):
+    cfg, batch, params = setup
+    flat_cfg = alpamayo.alpamayo_config("tiny", scan_layers=False)
+    flat = alpamayo.unstack_for_inference(params, flat_cfg)
+    shapes = jax.eval_shape(
+        lambda: nn.unbox(alpamayo.Alpamayo(flat_cfg).init(jax.random.key(0), batch, jax.random.key(1)))[
+            "params"
+        ]
+    )
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(flat)
+    ref = alpamayo.Alpamayo(cfg).apply({"params": params}, batch, jax.random.key(3))
+    out = alpamayo.Alpamayo(flat_cfg).apply({"params": flat}, batch, jax.random.key(3))
+    for name in ("text_ce", "traj_ce", "flow"):
+        np.testing.assert_allclose(out[name], ref[name], rtol=1e-5)
+    prompt = prompt_of(cfg, batch, reasoning_len=6)
+    icfg = inference.InferenceConfig(max_reasoning_tokens=4, temperature=0.0, flow_steps=3)
+    a = inference.compile_policy(cfg, icfg)(params, prompt, batch.history_xyz_bh3, jax.random.key(0))
+    b = inference.compile_policy(flat_cfg, icfg)(flat, prompt, batch.history_xyz_bh3, jax.random.key(0))
+    np.testing.assert_array_equal(a["reasoning_tokens"], b["reasoning_tokens"])
+    np.testing.assert_allclose(a["xy"], b["xy"], atol=1e-4)

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--attention", default=None, choices=["xla", "cudnn"], help="default: cudnn on GPU")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--unroll", type=int, default=64, help="layers unrolled per scan step (64: all)")
+    parser.add_argument("--unroll", type=int, default=1, help="layers unrolled per scan step")
+    parser.add_argument("--scan", action="store_true", help="stacked (training) layer layout")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
     result = BENCHMARKS[args.what](
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         attention_impl=args.attention,
         dtype=args.dtype,
         unroll=args.unroll,
+        scan_layers=args.scan,
     )
     if args.json:
         print(json.dumps(result))

@@ -89,13 +89,20 @@ def run(
     reps: int = 10,
     attention_impl: str | None = None,
     dtype: str = "bfloat16",
-    unroll: int = 64,
+    unroll: int = 1,
+    scan_layers: bool = False,
 ) -> dict[str, Any]:
-    """`unroll` layers per scan step (64: every layer of every tower, the inference setting)."""
+    """`scan_layers=False` is the inference layout (one parameter set per layer); `unroll` applies to
+    scanned towers."""
     if attention_impl is None:
         attention_impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
     cfg = alpamayo.alpamayo_config(
-        preset, dtype=dtype, param_dtype=dtype, attention_impl=attention_impl, scan_unroll=unroll
+        preset,
+        dtype=dtype,
+        param_dtype=dtype,
+        attention_impl=attention_impl,
+        scan_unroll=unroll,
+        scan_layers=scan_layers,
     )
     params = init_params(cfg)
     prompt, history = release_prompt(cfg, batch, np.random.default_rng(0))

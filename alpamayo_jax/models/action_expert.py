@@ -42,6 +42,7 @@ class ExpertConfig:
     remat: str = "none"
     attention_impl: str | None = None
     scan_unroll: int = 1
+    scan_layers: bool = True
 
 
 def expert_config(text: TextConfig, width: int, mlp_dim: int, num_heads: int, **kw: Any) -> ExpertConfig:
@@ -59,6 +60,8 @@ def expert_config(text: TextConfig, width: int, mlp_dim: int, num_heads: int, **
         dtype=text.dtype,
         param_dtype=text.param_dtype,
         remat=text.remat,
+        scan_unroll=text.scan_unroll,
+        scan_layers=text.scan_layers,
         **kw,
     )
 
@@ -69,7 +72,7 @@ class ExpertLayer(nn.Module):
     cfg: ExpertConfig
 
     @nn.compact
-    def __call__(self, carry, prefix_k_bpkd, prefix_v_bpkd, cos_bad, sin_bad, prefix_valid_bp):
+    def __call__(self, carry, prefix_k_bkpd, prefix_v_bkpd, cos_bad, sin_bad, prefix_valid_bp):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dense = dict(dtype=dtype, param_dtype=pdtype)
@@ -91,9 +94,11 @@ class ExpertLayer(nn.Module):
             layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="k_norm")(k), cos_bad, sin_bad
         )
         if cfg.knowledge_insulation:
-            prefix_k_bpkd = jax.lax.stop_gradient(prefix_k_bpkd)
-            prefix_v_bpkd = jax.lax.stop_gradient(prefix_v_bpkd)
-        out = layers.two_part_attention(q, prefix_k_bpkd, prefix_v_bpkd, prefix_valid_bp, k, v)
+            prefix_k_bkpd = jax.lax.stop_gradient(prefix_k_bkpd)
+            prefix_v_bkpd = jax.lax.stop_gradient(prefix_v_bkpd)
+        out = layers.two_part_attention(
+            q, prefix_k_bkpd, prefix_v_bkpd, prefix_valid_bp, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+        )
         out = out.reshape(*out.shape[:2], cfg.num_heads * cfg.head_dim)
         h = h + layers.Dense(cfg.width, ("q_heads_head_dim", "embed"), name="o", **dense)(out)
         x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="post_norm")(h)
@@ -116,7 +121,7 @@ class ActionExpert(nn.Module):
         prefix_valid_bp: jax.Array,
         first_position_b: jax.Array,
     ) -> jax.Array:
-        """`prefix_k/v` `[layers, B, P, K, D]` (a KV cache or the training forward's per-layer kv);
+        """`prefix_k/v` `[layers, B, K, P, D]` (a KV cache or the training forward's per-layer kv);
         `prefix_valid_bp` marks the prefix slots the actions may see; action token j sits at position
         `first_position_b + j` on all three RoPE streams (positions continue after the prefix)."""
         cfg = self.cfg
@@ -140,6 +145,7 @@ class ActionExpert(nn.Module):
             "layers",
             in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast),
             unroll=cfg.scan_unroll,
+            scan=cfg.scan_layers,
         )
         (h, _), _ = stack((h, jnp.zeros((), jnp.int32)), prefix_k, prefix_v, cos, sin, prefix_valid_bp)
         h = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="norm")(h)

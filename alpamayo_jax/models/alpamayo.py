@@ -20,6 +20,7 @@ from alpamayo_jax.data.batch import Batch
 from alpamayo_jax.models import flow_matching
 from alpamayo_jax.models.action_expert import ActionExpert, ExpertConfig, expert_config
 from alpamayo_jax.models.qwen3vl import Qwen3VL, Qwen3VLConfig, qwen3vl_config
+from alpamayo_jax.models.vlm import unstack_layers
 from alpamayo_jax.trajectory_tokens import TokenLayout
 
 
@@ -94,6 +95,16 @@ def alpamayo_config(variant: str, **numerics: Any) -> AlpamayoConfig:
     if "attention_impl" in numerics:
         expert = dataclasses.replace(expert, attention_impl=numerics["attention_impl"])
     return AlpamayoConfig(vlm=vlm, expert=expert, tokens=tokens, max_loss_tokens=v.get("max_loss_tokens"))
+
+
+def unstack_for_inference(params: Any, cfg: AlpamayoConfig) -> Any:
+    """Stacked (training / checkpoint) parameters -> the `scan_layers=False` layout of the text
+    decoder and the expert (vision stays scanned: it is compute-bound)."""
+    text = dict(
+        params["vlm"]["text"], layers=unstack_layers(params["vlm"]["text"]["layers"], cfg.vlm.text.num_layers)
+    )
+    expert = dict(params["expert"], layers=unstack_layers(params["expert"]["layers"], cfg.expert.num_layers))
+    return dict(params, vlm=dict(params["vlm"], text=text), expert=expert)
 
 
 def masked_mean(x: jax.Array, weight: jax.Array) -> jax.Array:

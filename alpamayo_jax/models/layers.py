@@ -215,29 +215,30 @@ def causal_attention(
 
 def two_part_attention(
     q_blhd: jax.Array,
-    k1_bskd: jax.Array,
-    v1_bskd: jax.Array,
+    k1_bksd: jax.Array,
+    v1_bksd: jax.Array,
     mask1_bs: jax.Array,
-    k2_btkd: jax.Array,
-    v2_btkd: jax.Array,
+    k2_bktd: jax.Array,
+    v2_bktd: jax.Array,
 ) -> jax.Array:
     """Softmax attention over the union of two key sets without concatenating them.
 
-    Part 1 is large and read-only (a KV cache or the VLM prefix: `[B, S, K, D]`, valid slots
-    `mask1_bs`), part 2 small and always visible (the new token in decode, or the 64 action tokens).
-    One pass over part 1 and no copy of it: the memory-bound paths read each cache byte once.
+    Part 1 is large and read-only (a KV cache or the VLM prefix, kv-head-major `[B, K, S, D]` so no
+    transpose is needed; valid slots `mask1_bs`), part 2 small and always visible (the new token in
+    decode, or the 64 action tokens; `[B, K, T, D]`). The memory-bound paths read each cache byte once.
     """
     b, length, h, d = q_blhd.shape
-    k = k1_bskd.shape[2]
-    q = (q_blhd.astype(jnp.float32) * d**-0.5).reshape(b, length, k, h // k, d).astype(q_blhd.dtype)
+    k = k1_bksd.shape[1]
     f32 = jnp.float32
-    s1 = jnp.einsum("blkgd,bskd->bkgls", q, k1_bskd.astype(q.dtype), preferred_element_type=f32)
+    q = (q_blhd.astype(f32) * d**-0.5).astype(q_blhd.dtype).reshape(b, length, k, h // k, d)
+    q = jnp.moveaxis(q, 1, 3)  # [B, K, G, L, D]
+    s1 = jnp.einsum("bkgld,bksd->bkgls", q, k1_bksd.astype(q.dtype), preferred_element_type=f32)
     s1 = jnp.where(mask1_bs[:, None, None, None, :], s1, -jnp.inf)
-    s2 = jnp.einsum("blkgd,btkd->bkglt", q, k2_btkd.astype(q.dtype), preferred_element_type=f32)
+    s2 = jnp.einsum("bkgld,bktd->bkglt", q, k2_bktd.astype(q.dtype), preferred_element_type=f32)
     m = jnp.maximum(s1.max(axis=-1), s2.max(axis=-1))[..., None]
     p1, p2 = jnp.exp(s1 - m), jnp.exp(s2 - m)
     denom = p1.sum(axis=-1) + p2.sum(axis=-1)
-    out = jnp.einsum("bkgls,bskd->blkgd", p1.astype(v1_bskd.dtype), v1_bskd, preferred_element_type=f32)
-    out += jnp.einsum("bkglt,btkd->blkgd", p2.astype(v2_btkd.dtype), v2_btkd, preferred_element_type=f32)
-    out = out / jnp.moveaxis(denom, -1, 1)[..., None]
-    return out.reshape(b, length, h, d).astype(q_blhd.dtype)
+    out = jnp.einsum("bkgls,bksd->bkgld", p1.astype(v1_bksd.dtype), v1_bksd, preferred_element_type=f32)
+    out += jnp.einsum("bkglt,bktd->bkgld", p2.astype(v2_bktd.dtype), v2_bktd, preferred_element_type=f32)
+    out = out / denom[..., None]
+    return jnp.moveaxis(out, 3, 1).reshape(b, length, h, d).astype(q_blhd.dtype)

@@ -39,12 +39,21 @@ class Qwen3VLConfig:
         return cls(text=vlm_lib.TextConfig(**text), vision=vision_lib.VisionConfig(**vision), **rest)
 
     def with_numerics(self, **overrides: Any) -> Qwen3VLConfig:
-        """Same shapes, other dtype / param_dtype / remat / attention_impl for both towers."""
-        return dataclasses.replace(
-            self,
-            text=dataclasses.replace(self.text, **overrides),
-            vision=dataclasses.replace(self.vision, **overrides),
+        """Same shapes, other numerics (dtype, param_dtype, remat, attention_impl, scan_unroll,
+        scan_layers) for each tower that has the field."""
+
+        def apply(c):
+            names = {f.name for f in dataclasses.fields(c)}
+            return dataclasses.replace(c, **{k: v for k, v in overrides.items() if k in names})
+
+        unknown = (
+            set(overrides)
+            - {f.name for f in dataclasses.fields(self.text)}
+            - {f.name for f in dataclasses.fields(self.vision)}
         )
+        if unknown:
+            raise ValueError(f"unknown numerics {sorted(unknown)}")
+        return dataclasses.replace(self, text=apply(self.text), vision=apply(self.vision))
 
 
 VARIANTS = {

@@ -38,7 +38,8 @@ class TextConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     attention_impl: str | None = None
-    scan_unroll: int = 1  # layers unrolled per scan step (inference: all, to cut per-layer launch overhead)
+    scan_unroll: int = 1  # layers unrolled per scan step
+    scan_layers: bool = True  # False: one parameter set per layer (inference: no per-layer weight slicing)
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -96,9 +97,9 @@ REMAT_POLICIES = {
 class KVCache:
     """Fixed-size per-layer key/value buffers.
 
-    k, v: `[layers, B, S, K, D]`; `valid_bs` marks filled slots that may be attended (padding and
-    unused slots are False); `index` is the next slot to write (shared by the batch; per-sample
-    lengths live in `valid_bs`).
+    k, v: `[layers, B, K, S, D]` (kv-head major, so attention reads them without a transpose);
+    `valid_bs` marks filled slots that may be attended (padding and unused slots are False); `index` is
+    the next slot to write (shared by the batch; per-sample lengths live in `valid_bs`).
     """
 
     k: jax.Array
@@ -109,7 +110,7 @@ class KVCache:
     @classmethod
     def zeros(cls, cfg: TextConfig, batch: int, size: int, dtype: Any = None) -> KVCache:
         dtype = layers.dtype_of(dtype or cfg.dtype)
-        shape = (cfg.num_layers, batch, size, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, size, cfg.head_dim)
         return cls(
             k=jnp.zeros(shape, dtype),
             v=jnp.zeros(shape, dtype),
@@ -119,7 +120,7 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    """GQA self-attention with q/k norms and M-RoPE; returns (output, this call's k/v).
+    """GQA self-attention with q/k norms and M-RoPE; returns (output, this call's k/v `[B, K, L, D]`).
 
     Without a cache (training, prefill) the tokens attend causally to each other (right-padded rows:
     the cuDNN fast path). A one-token decode attends to the cache slots allowed by `cache_mask_bs`
@@ -143,14 +144,15 @@ class Attention(nn.Module):
         q = layers.apply_rotary(q, cos_bld, sin_bld)
         k = layers.apply_rotary(k, cos_bld, sin_bld)
         q = layers.constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
+        kv = (jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2))
         if cache_k is not None and x_bld.shape[1] == 1:
-            out = layers.two_part_attention(q, cache_k, cache_v, cache_mask_bs, k, v)
+            out = layers.two_part_attention(q, cache_k, cache_v, cache_mask_bs, *kv)
         else:
             out = layers.causal_attention(q, k, v, valid_bl, cfg.attention_impl)
         out = layers.Dense(cfg.width, ("q_heads_head_dim", "embed"), name="o", **dense)(
             out.reshape(*out.shape[:2], cfg.num_heads * cfg.head_dim)
         )
-        return out, (k, v)
+        return out, kv
 
 
 class MLP(nn.Module):
@@ -173,7 +175,7 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     """One pre-norm decoder layer in scan form: `(carry, per-layer cache k/v) -> (carry, this k/v)`.
 
-    carry = (hidden `[B, L, D]`, layer index). Per-layer inputs: the cache k/v `[B, S, K, D]` (decode)
+    carry = (hidden `[B, L, D]`, layer index). Per-layer inputs: the cache k/v `[B, K, S, D]` (decode)
     or None. Broadcast: cos/sin, valid tokens `[B, L]`, cache slot mask `[B, S]`, DeepStack additions
     `[n, B, L, D]` (added after the first n layers at image positions).
     """
@@ -206,16 +208,22 @@ def scanned_layers(
     name: str,
     in_axes: Any = nn.broadcast,
     unroll: int = 1,
+    scan: bool = True,
 ) -> nn.Module:
-    """`layer_cls` stacked over a leading 'layers' parameter axis under nn.scan (+ remat policy).
+    """`num_layers` copies of a scan-form layer `(carry, *args) -> (carry, y)`.
 
-    `in_axes` (one per non-carry argument, or one for all) says which arguments are scanned per layer
-    (0) and which are broadcast.
+    With `scan`, parameters are stacked on a leading 'layers' axis under nn.scan (+ remat policy);
+    `in_axes` (one per non-carry argument, or one for all) says which arguments are sliced per layer
+    (0) and which are broadcast. Without `scan`, each layer has its own parameters (`{name}/{i}`) and
+    a Python loop calls them: the inference layout, where a decode step reads each weight in place
+    instead of slicing it out of a stack (see `unstack_layers`).
     """
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}; known: {sorted(REMAT_POLICIES)}")
     if remat != "none":
         layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    if not scan:
+        return LayerLoop(layer_cls, cfg, num_layers, in_axes, name=name)
     return nn.scan(
         layer_cls,
         variable_axes={"params": 0},
@@ -225,6 +233,35 @@ def scanned_layers(
         unroll=unroll,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name=name)
+
+
+class LayerLoop(nn.Module):
+    """Unstacked layers called in a Python loop; same call and output convention as the nn.scan stack."""
+
+    layer_cls: Any
+    cfg: Any
+    num_layers: int
+    in_axes: Any
+
+    @nn.compact
+    def __call__(self, carry, *args):
+        axes = self.in_axes if isinstance(self.in_axes, tuple) else (self.in_axes,) * len(args)
+        ys = []
+        for i in range(self.num_layers):
+            layer_args = [
+                jax.tree_util.tree_map(lambda x, i=i: x[i], a) if ax == 0 else a
+                for a, ax in zip(args, axes, strict=True)
+            ]
+            carry, y = self.layer_cls(self.cfg, name=str(i))(carry, *layer_args)
+            ys.append(y)
+        if all(y is None for y in ys):
+            return carry, None
+        return carry, jax.tree_util.tree_map(lambda *y: jnp.stack(y), *ys)
+
+
+def unstack_layers(params: Any, num_layers: int) -> Any:
+    """Stacked (nn.scan) layer parameters `{leaf: [L, ...]}` -> `{"0": {leaf: ...}, ...}` for `scan=False`."""
+    return {str(i): jax.tree_util.tree_map(lambda x, i=i: x[i], params) for i in range(num_layers)}
 
 
 class TextDecoder(nn.Module):
@@ -279,7 +316,7 @@ class TextDecoder(nn.Module):
         """Runs the decoder layers on input embeddings.
 
         Rows are right-padded (`valid_bl` True on a prefix of each row). Without a cache, the per-layer
-        (k, v) `[layers, B, L, K, D]` are returned (the action expert reads them). With a cache, L > 1
+        (k, v) `[layers, B, K, L, D]` are returned (the action expert reads them). With a cache, L > 1
         is a prefill written at slot `cache.index` (0 for a fresh cache: the tokens attend to each
         other only) and L == 1 is a decode step attending to every valid earlier slot; the updated
         cache is returned. Returns (final-normed hidden `[B, L, D]`, kv or cache).
@@ -303,8 +340,8 @@ class TextDecoder(nn.Module):
         if cache is None:
             return h, kv
         return h, KVCache(
-            k=jax.lax.dynamic_update_slice_in_dim(cache.k, kv[0].astype(cache.k.dtype), cache.index, axis=2),
-            v=jax.lax.dynamic_update_slice_in_dim(cache.v, kv[1].astype(cache.v.dtype), cache.index, axis=2),
+            k=jax.lax.dynamic_update_slice_in_dim(cache.k, kv[0].astype(cache.k.dtype), cache.index, axis=3),
+            v=jax.lax.dynamic_update_slice_in_dim(cache.v, kv[1].astype(cache.v.dtype), cache.index, axis=3),
             valid_bs=jax.lax.dynamic_update_slice_in_dim(cache.valid_bs, valid_bl, cache.index, axis=1),
             index=cache.index + length,
         )
