@@ -289,6 +289,7 @@ class TextDecoder(nn.Module):
             "layers",
             in_axes=(bcast, bcast, bcast, 0, 0, bcast, bcast),
             unroll=cfg.scan_unroll,
+            scan=cfg.scan_layers,
         )
         self.norm = layers.RMSNorm(cfg.rms_eps, self._dtype, pdtype)
         if not cfg.tie_embeddings:
