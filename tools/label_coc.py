@@ -4,12 +4,14 @@
       [--clips ID ...] [--workers N] [--base-url URL --model NAME --api-key KEY]
 
 Writes OUT (public ood_reasoning.parquet shape), OUT.records.jsonl (full structured records and
-rejections) and OUT.summary.json; re-running skips clips already in OUT.records.jsonl. The dataset
-reader is passed in as `open_source(root) -> ClipSource` (see alpamayo_jax.coc.pipeline).
+rejections) and OUT.summary.json; re-running skips clips already in OUT.records.jsonl. Clips are read
+from a local PhysicalAI-AV layout (real, or written by tools/make_synthetic.py, whose ground truth the
+oracle backend uses) through `alpamayo_jax.coc.pai_source.PaiClipSource`.
 """
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from alpamayo_jax.coc.keyframes import KeyframeConfig
 from alpamayo_jax.coc.labeller import Labeller
 from alpamayo_jax.coc.openai_backend import OpenAIConfig, OpenAILabeller
 from alpamayo_jax.coc.oracle_backend import OracleLabeller
+from alpamayo_jax.coc.pai_source import PaiClipSource
 from alpamayo_jax.coc.pipeline import ClipSource, PipelineConfig, run_labelling
 
 
@@ -52,7 +55,9 @@ def make_labeller(args: argparse.Namespace) -> Labeller:
     return OpenAILabeller(config)
 
 
-def main(argv: Sequence[str] | None, open_source: Callable[[Path], ClipSource]) -> dict:
+def main(
+    argv: Sequence[str] | None = None, open_source: Callable[[Path], ClipSource] = PaiClipSource
+) -> dict:
     """Runs the labelling and prints the summary; returns it."""
     args = build_parser().parse_args(argv)
     if not args.root.is_dir():
@@ -69,3 +74,8 @@ def main(argv: Sequence[str] | None, open_source: Callable[[Path], ClipSource]) 
     )
     print(json.dumps(summary, indent=2, sort_keys=True))
     return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    sys.exit(0)
