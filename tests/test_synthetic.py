@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from alpamayo_jax import geometry as geo
-from alpamayo_jax.data import pai, scenarios, synthetic
+from alpamayo_jax.coc import vocab as scenarios
+from alpamayo_jax.data import pai, synthetic
 from alpamayo_jax.data import synthetic_render as render
 from alpamayo_jax.data import synthetic_world as world
 

@@ -1,7 +1,7 @@
 """Procedural driving clips with known causes, written in the PhysicalAI-AV layout.
 
 One clip = 20 s at 10 Hz video (4 cameras by default) and 100 Hz egomotion of an ego driven by the
-rule-based planner of `synthetic_world`, in one of the 16 CoC scenarios (`scenarios.SCENARIOS`). Each
+rule-based planner of `synthetic_world`, in one of the 16 CoC scenarios (`coc.vocab.SCENARIOS`). Each
 scenario builds its scene so that the ego's decision happens between 4 s and 14 s into the clip, and
 records the ground truth: decision ids per axis, the causal objects (with category and first visible
 time) and the behaviour-change time. Everything is a pure function of (seed, clip index).
@@ -17,16 +17,11 @@ import numpy as np
 import pandas as pd
 
 from alpamayo_jax import geometry
+from alpamayo_jax.coc import vocab as scenarios
 from alpamayo_jax.data import pai_layout as layout
-from alpamayo_jax.data import pai_writer, scenarios
+from alpamayo_jax.data import pai_writer
 from alpamayo_jax.data import synthetic_render as render
 from alpamayo_jax.data import synthetic_world as world
-from alpamayo_jax.data.scenarios import (  # noqa: F401  (re-exported vocabularies)
-    COMPONENT_CATEGORIES,
-    LATERAL_DECISIONS,
-    LONGITUDINAL_DECISIONS,
-    SCENARIOS,
-)
 
 W = world.LANE_WIDTH
 GT_DIR = "synthetic_gt"
