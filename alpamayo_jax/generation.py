@@ -55,10 +55,20 @@ def last_valid_logits(logits_blv: jax.Array, valid_bl: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logits_blv, last[:, None, None], axis=1)[:, 0]
 
 
+CACHE_ALIGN = 256
+
+
+def cache_slots(needed: int) -> int:
+    """Cache length for `needed` slots, rounded up to a multiple of CACHE_ALIGN: XLA's split-K attention
+    GEMMs otherwise pad (copy) the whole cache every layer and step."""
+    return -(-needed // CACHE_ALIGN) * CACHE_ALIGN
+
+
 def prefill(model: Qwen3VL, params: Any, prompt: PromptInputs, cache_size: int) -> tuple[jax.Array, KVCache]:
-    """Runs the prompt into a fresh cache; returns (next-token logits `[B, V]`, cache)."""
+    """Runs the prompt into a fresh cache of at least `cache_size` slots; returns (next-token logits
+    `[B, V]`, cache)."""
     batch = prompt.tokens_bl.shape[0]
-    cache = KVCache.zeros(model.cfg.text, batch, cache_size)
+    cache = KVCache.zeros(model.cfg.text, batch, cache_slots(cache_size))
     logits, cache = model.apply(
         {"params": params},
         prompt.tokens_bl,
