@@ -119,10 +119,11 @@ def test_tiny_forward_shapes_and_logical_axes(half):
     cams, _ = _rig(FRONT, 56, 28, geometry.FTHETA, batch=2)
     images = jax.random.uniform(jax.random.key(0), (2, 2, 28, 56, 3))
     model = triplane.TriplaneTokenizer(cfg)
-    params = model.init(jax.random.key(1), images, cams, (4, 4, 4))
+    params = jax.jit(model.init, static_argnums=3)(jax.random.key(1), images, cams, (4, 4, 4))
     sx = 8 if half else 16
+    apply = jax.jit(model.apply, static_argnums=3)
     for patch in [(4, 4, 4), (2, 4, 2)]:
-        tokens, out = model.apply(params, images, cams, patch)
+        tokens, out = apply(params, images, cams, patch)
         assert tokens.shape == (2, triplane.tokens_per_timestep(cfg, patch), cfg.out_width)
         assert bool(jnp.all(jnp.isfinite(tokens)))
     assert triplane.tokens_per_timestep(cfg, (4, 4, 4)) == (20 if half else 32)

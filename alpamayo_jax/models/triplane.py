@@ -353,7 +353,7 @@ class LiftSlab(nn.Module):
 
 
 def reduce_volume(vol_bxyzc: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """A volume slab `[B, X, Y, Z, C]` -> P_xy rows (mean over z), P_xz rows (mean over y), sum over x of P_yz."""
+    """Slab `[B, X, Y, Z, C]` -> rows of P_xy (mean over z), of P_xz (mean over y), P_yz summed over x."""
     return vol_bxyzc.mean(axis=3), vol_bxyzc.mean(axis=2), vol_bxyzc.sum(axis=1)
 
 

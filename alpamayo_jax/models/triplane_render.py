@@ -63,7 +63,7 @@ def depth_samples(rcfg: RenderConfig) -> np.ndarray:
 
 
 def plane_coordinates(cfg: TriplaneConfig, xyz_n3: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Rig points `[N, 3]` -> normalised cell coordinates (x, y, z) in [0, 1] `[N, 3]` and inside-grid mask."""
+    """Rig points `[N, 3]` -> cell coordinates (x, y, z) normalised to [0, 1] `[N, 3]`, inside-grid mask."""
     x_cells = cfg.lifted_x_cells
     x = (cfg.x_axis.to_cell(xyz_n3[:, 0]) - x_cells[0]) / len(x_cells)
     y = cfg.y_axis.to_cell(xyz_n3[:, 1]) / cfg.y_axis.cells
