@@ -204,6 +204,7 @@ def test_rendering_loss_decreases_on_a_synthetic_scene():
         params, state, loss = step(params, state)
         losses.append(float(loss))
     assert np.isfinite(losses).all()
+    print(f"render loss {losses[0]:.4f} -> {np.mean(losses[-5:]):.4f}")
     assert np.mean(losses[-5:]) < 0.7 * losses[0], losses
 
 
@@ -218,3 +219,20 @@ def test_ssim_and_composite_values():
     np.testing.assert_allclose(np.asarray(opaque), 0.25, atol=1e-6)
     empty = triplane_render.composite(jnp.ones((1, 3, 3)) * 0.25, jnp.zeros((1, 3)), t, jnp.full(3, 0.8))
     np.testing.assert_allclose(np.asarray(empty), 0.8, atol=1e-6)
+
+
+def test_lifting_chunk_size_does_not_change_the_planes():
+    cams, _ = _rig(FRONT, 56, 28, geometry.PINHOLE)
+    images = jax.random.uniform(jax.random.key(0), (1, 2, 28, 56, 3))
+    cfg = triplane.triplane_config("tiny", camera_model=geometry.PINHOLE)
+    params = jax.jit(triplane.TriplaneTokenizer(cfg).init, static_argnums=3)(
+        jax.random.key(1), images, cams, (4, 4, 4)
+    )
+    planes = []
+    for chunk in (4, 16):
+        model = triplane.TriplaneTokenizer(
+            triplane.triplane_config("tiny", lift_chunk=chunk, camera_model="pinhole")
+        )
+        planes.append(jax.jit(model.apply, static_argnums=3)(params, images, cams, (4, 4, 4))[1]["planes"])
+    for a, b in zip(jax.tree_util.tree_leaves(planes[0]), jax.tree_util.tree_leaves(planes[1]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
