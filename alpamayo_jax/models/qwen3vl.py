@@ -1,6 +1,6 @@
 """The Qwen3-VL vision-language model: vision tower + text decoder + multimodal assembly.
 
-Image features replace the image placeholder tokens' embeddings; DeepStack features are added to
+Image features replace the embeddings of the image tokens; DeepStack features are added to
 the hidden states of the first text layers at the same positions. The positions and image slots come
 from `qwen3vl_inputs` (host side).
 """

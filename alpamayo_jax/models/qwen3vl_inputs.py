@@ -21,7 +21,7 @@ class PromptInputs:
 
     tokens/valid `[B, L]` right-padded (valid True on a prefix of each row), positions `[3, B, L]`,
     the position after each prompt `[B]`, and the images with the flat feature row of each
-    placeholder (`-1` elsewhere).
+    image token (`-1` elsewhere).
     """
 
     tokens_bl: jax.Array
@@ -109,7 +109,7 @@ def vision_inputs(
 def image_slots(
     input_ids: np.ndarray, grid_thw: np.ndarray | None, image_token_id: int, merge: int, tokens_per_entry: int
 ) -> np.ndarray:
-    """`[B, L]` int32: for each image placeholder, its row in the flattened merged features
+    """`[B, L]` int32: for each image token, its row in the flattened merged features
     `[entries * tokens_per_entry, D]`; -1 for other tokens. Placeholders are filled in order."""
     input_ids = np.asarray(input_ids)
     is_image = input_ids == image_token_id
@@ -178,7 +178,7 @@ def mrope_positions(
                 n = gh * gw
                 if n > run:
                     raise ValueError(
-                        f"sample {b}: an image needs {n} tokens but its placeholder run has {run}"
+                        f"sample {b}: an image needs {n} tokens but its run of image tokens has {run}"
                     )
                 out[0, i : i + n] = pos
                 out[1, i : i + n] = pos + rows.ravel()
