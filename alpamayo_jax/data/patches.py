@@ -9,6 +9,7 @@ patch, rows flattened as (channel, time, patch row, patch col), and patches orde
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing
 
 QWEN3VL_MEAN = (0.5, 0.5, 0.5)
 QWEN3VL_STD = (0.5, 0.5, 0.5)
@@ -21,10 +22,12 @@ def image_patches(
     merge: int = 2,
     mean: tuple[float, float, float] = QWEN3VL_MEAN,
     std: tuple[float, float, float] = QWEN3VL_STD,
+    dtype: np.typing.DTypeLike = np.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 `[n, H, W, 3]` -> (pixel_values `[n * gh * gw, 3 * T * p * p]` float32, grid_thw `[n, 3]`).
+    """uint8 `[n, H, W, 3]` -> (pixel_values `[n * gh * gw, 3 * T * p * p]` of `dtype`, grid_thw `[n, 3]`).
 
-    H and W must be multiples of `patch_size * merge` (resize to the model resolution first).
+    H and W must be multiples of `patch_size * merge` (resize to the model resolution first). A
+    16-bit `dtype` (e.g. `ml_dtypes.bfloat16`) halves the bytes a loader moves.
     """
     images_nhw3 = np.asarray(images_nhw3)
     if images_nhw3.ndim != 4 or images_nhw3.shape[-1] != 3 or images_nhw3.dtype != np.uint8:
@@ -39,8 +42,8 @@ def image_patches(
     x = images_nhw3.astype(np.float32) * scale + shift  # [n, H, W, 3]
     x = x.reshape(n, gh // merge, merge, patch_size, gw // merge, merge, patch_size, 3)
     # -> [n, block row, block col, in-row, in-col, channel, patch row, patch col]
-    x = x.transpose(0, 1, 4, 2, 5, 7, 3, 6)
-    x = np.broadcast_to(x[:, :, :, :, :, :, None], (*x.shape[:6], temporal_patch_size, *x.shape[6:]))
-    rows = x.reshape(n * gh * gw, 3 * temporal_patch_size * patch_size * patch_size)
+    x = x.transpose(0, 1, 4, 2, 5, 7, 3, 6)[:, :, :, :, :, :, None]
+    rows = np.empty((n * gh * gw, 3 * temporal_patch_size * patch_size * patch_size), dtype)
+    np.copyto(rows.reshape(*x.shape[:6], temporal_patch_size, *x.shape[7:]), x, casting="same_kind")
     grid_thw = np.tile(np.array([[1, gh, gw]], np.int64), (n, 1))
-    return np.ascontiguousarray(rows), grid_thw
+    return rows, grid_thw

@@ -7,11 +7,13 @@ images and lengths match), then worker processes prefetch. The iterator's `get_s
 `set_state()` go into the training checkpoint: a resumed run sees exactly the same batches.
 
 data_cfg (dict-like): data_dir, sources [{name, split, stage, weight}], tokenizer {kind, path},
-batch_size (per host), seed, num_epochs (None: forever), shuffle, worker_count, length_buckets.
+batch_size (per host), seed, num_epochs (None: forever), shuffle, worker_count, length_buckets,
+patch_dtype ("float32" or "bfloat16": the patch rows dominate the bytes a batch moves).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from collections.abc import Iterator, Mapping
@@ -19,12 +21,14 @@ from collections.abc import Iterator, Mapping
 import absl.flags
 import grain
 import jax
+import ml_dtypes
 import numpy as np
 import tensorflow_datasets as tfds
 
 from alpamayo_jax.data import tokenizer as tokenizer_lib
 from alpamayo_jax.data import transforms
 from alpamayo_jax.data.batch import Batch
+from alpamayo_jax.models.vision import VisionInputs
 
 
 def data_source(data_dir: str | os.PathLike, name: str, split: str):
@@ -44,8 +48,8 @@ def data_source(data_dir: str | os.PathLike, name: str, split: str):
 class SampleFn(grain.transforms.RandomMap):
     """Example -> sample for one stage; loads the tokenizer once per worker process."""
 
-    def __init__(self, stage: int, tokenizer_cfg: Mapping, model_cfg):
-        self.stage, self.model_cfg = stage, model_cfg
+    def __init__(self, stage: int, tokenizer_cfg: Mapping, model_cfg, patch_dtype: str = "float32"):
+        self.stage, self.model_cfg, self.patch_dtype = stage, model_cfg, patch_dtype
         self.tokenizer_cfg = dict(tokenizer_cfg)
         self._tok = None
 
@@ -57,17 +61,31 @@ class SampleFn(grain.transforms.RandomMap):
             self._tok = tokenizer_lib.load(
                 self.tokenizer_cfg["kind"], self.tokenizer_cfg["path"], self.model_cfg
             )
-        return transforms.example_sample(element, self.stage, self._tok, self.model_cfg, rng)
+        dtype = ml_dtypes.bfloat16 if self.patch_dtype == "bfloat16" else np.dtype(self.patch_dtype)
+        return transforms.example_sample(element, self.stage, self._tok, self.model_cfg, rng, dtype)
+
+
+def batch_to_dict(batch: Batch) -> dict:
+    """A `Batch` as nested dicts of arrays: grain moves those between processes in shared memory."""
+    out = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    if batch.images is not None:
+        out["images"] = {f.name: getattr(batch.images, f.name) for f in dataclasses.fields(batch.images)}
+    return out
+
+
+def batch_from_dict(d: dict) -> Batch:
+    images = None if d["images"] is None else VisionInputs(**d["images"])
+    return Batch(**(d | {"images": images}))
 
 
 class BatchFn:
-    """Samples -> `Batch` at the smallest fitting length bucket."""
+    """Samples -> `Batch` (as `batch_to_dict`) at the smallest fitting length bucket."""
 
     def __init__(self, model_cfg, buckets: tuple[int, ...]):
         self.model_cfg, self.buckets = model_cfg, tuple(buckets)
 
-    def __call__(self, samples) -> Batch:
-        return transforms.batch_samples(list(samples), self.model_cfg, self.buckets)
+    def __call__(self, samples) -> dict:
+        return batch_to_dict(transforms.batch_samples(list(samples), self.model_cfg, self.buckets))
 
 
 def _source_dataset(src: Mapping, data_cfg: Mapping, model_cfg, index: int, count: int, seed: int):
@@ -81,7 +99,8 @@ def _source_dataset(src: Mapping, data_cfg: Mapping, model_cfg, index: int, coun
     ds = ds.repeat(data_cfg.get("num_epochs"))
     if data_cfg.get("shuffle", True):
         ds = ds.shuffle(seed=seed)
-    ds = ds.random_map(SampleFn(int(src["stage"]), data_cfg["tokenizer"], model_cfg), seed=seed + 1)
+    fn = SampleFn(int(src["stage"]), data_cfg["tokenizer"], model_cfg, data_cfg.get("patch_dtype", "float32"))
+    ds = ds.random_map(fn, seed=seed + 1)
     return ds.batch(
         data_cfg["batch_size"], drop_remainder=True, batch_fn=BatchFn(model_cfg, data_cfg["length_buckets"])
     )
@@ -109,7 +128,7 @@ def make_dataset(
         if not absl.flags.FLAGS.is_parsed():  # grain's worker set-up reads absl flags (defaults are fine)
             absl.flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-    return ds
+    return ds.map(batch_from_dict)
 
 
 def make_loader(

@@ -8,6 +8,7 @@ smallest length bucket that fits and builds the `Batch`.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing
 
 from alpamayo_jax import trajectory_tokens
 from alpamayo_jax.data import batch as batch_lib
@@ -27,14 +28,23 @@ def sequence_ids(model_cfg) -> batch_lib.SequenceIds:
     )
 
 
-def image_rows(jpegs: list[bytes], model_cfg) -> tuple[np.ndarray, np.ndarray]:
-    """Encoded frames -> (pixel_values [P, patch_dim], grid_thw [n, 3])."""
+def image_rows(
+    jpegs: list[bytes], model_cfg, dtype: np.typing.DTypeLike = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded frames -> (pixel_values [P, patch_dim] of `dtype`, grid_thw [n, 3])."""
     v = model_cfg.vlm.vision
     images = np.stack([drive_dataset.decode_jpeg(b) for b in jpegs])
-    return patches.image_patches(images, v.patch_size, v.temporal_patch_size, v.spatial_merge)
+    return patches.image_patches(images, v.patch_size, v.temporal_patch_size, v.spatial_merge, dtype=dtype)
 
 
-def example_sample(example: dict, stage: int, tok: Tokenizer, model_cfg, rng: np.random.Generator) -> dict:
+def example_sample(
+    example: dict,
+    stage: int,
+    tok: Tokenizer,
+    model_cfg,
+    rng: np.random.Generator,
+    patch_dtype: np.typing.DTypeLike = np.float32,
+) -> dict:
     """One stored example -> a sample: tokens, losses, image rows and trajectory targets.
 
     Stage 0 picks one of the example's VQA pairs with `rng`; stage 2 uses the trajectory-only layout
@@ -42,7 +52,7 @@ def example_sample(example: dict, stage: int, tok: Tokenizer, model_cfg, rng: np
     """
     layout = model_cfg.tokens
     where = f"clip {_text(example['clip_id'])} t0 {int(example['t0_us'])}"
-    pixel_values, grid = image_rows(list(example["images"]), model_cfg)
+    pixel_values, grid = image_rows(list(example["images"]), model_cfg, patch_dtype)
     merge = model_cfg.vlm.vision.spatial_merge
     image_tokens = [int(h * w) // merge**2 for _, h, w in grid]
     history = np.asarray(example["history_xyz"], np.float32)
