@@ -33,7 +33,7 @@ def built(tmp_path_factory):
     summary = drive_dataset.build(
         "synthetic_drive", root, data_dir, splits, cameras=CAMERAS, num_frames=2, image_hw=(64, 96)
     )
-    return data_dir, summary
+    return data_dir, summary, root
 
 
 def _data_cfg(data_dir, sources, **kw):
@@ -63,7 +63,7 @@ def _equal(a, b):
 
 
 def test_build_summary_reports_failed_clip(built):
-    data_dir, summary = built
+    data_dir, summary, _ = built
     assert summary["clips"] == 4
     assert list(summary["failed"]) == ["no-such-clip"]
     assert "clip no-such-clip: not in" in summary["failed"]["no-such-clip"]
@@ -74,7 +74,7 @@ def test_build_summary_reports_failed_clip(built):
 
 
 def test_masks_per_stage(built, cfg):
-    data_dir, _ = built
+    data_dir, _, _ = built
     source = pipeline.data_source(data_dir, "synthetic_drive", "train")
     examples = [source[i] for i in range(len(source))]
     with_cot = next(e for e in examples if e["reasoning"])
@@ -98,7 +98,7 @@ def test_masks_per_stage(built, cfg):
 
 
 def test_determinism_and_seed(built, cfg):
-    data_dir, summary = built
+    data_dir, summary, _ = built
     dc = _data_cfg(data_dir, [_src(1)])
     a, b = list(pipeline.make_loader(dc, cfg)), list(pipeline.make_loader(dc, cfg))
     assert len(a) == summary["examples"]["train"] // 2 and all(
@@ -109,7 +109,7 @@ def test_determinism_and_seed(built, cfg):
 
 
 def test_resume_mid_epoch(built, cfg):
-    data_dir, _ = built
+    data_dir, _, _ = built
     dc = _data_cfg(data_dir, [_src(2)], num_epochs=None)
     it = pipeline.make_loader(dc, cfg)
     for _ in range(3):
@@ -122,7 +122,7 @@ def test_resume_mid_epoch(built, cfg):
 
 
 def test_two_hosts_disjoint_complete(built, cfg):
-    data_dir, _ = built
+    data_dir, _, _ = built
     dc = _data_cfg(data_dir, [_src(1)], batch_size=1)
     rows = [
         [b.controls_ba2[0].tobytes() for b in pipeline.make_loader(dc, cfg, host, 2)] for host in range(2)
@@ -134,7 +134,7 @@ def test_two_hosts_disjoint_complete(built, cfg):
 
 
 def test_mixture_workers_and_padding(built, cfg):
-    data_dir, _ = built
+    data_dir, _, _ = built
     dc = _data_cfg(data_dir, [_src(0, 3.0), _src(2, 1.0)], num_epochs=None)
     batches = list(itertools.islice(pipeline.make_loader(dc, cfg), 16))
     vqa_share = np.mean([not b.has_trajectory_b.any() for b in batches])
@@ -146,7 +146,7 @@ def test_mixture_workers_and_padding(built, cfg):
 
 
 def test_clear_errors(built, cfg, tmp_path):
-    data_dir, _ = built
+    data_dir, _, _ = built
     with pytest.raises(FileNotFoundError, match="'physical_ai_av' is not built"):
         pipeline.make_loader(_data_cfg(data_dir, [dict(name="physical_ai_av", split="train", stage=1)]), cfg)
     with pytest.raises(ValueError, match="no split 'test'"):
@@ -163,6 +163,55 @@ def test_to_global(cfg):
     assert glob.positions_3bl.sharding.spec == jax.sharding.PartitionSpec(None, "data", None)
     np.testing.assert_array_equal(np.asarray(glob.positions_3bl), local.positions_3bl)
     np.testing.assert_array_equal(np.asarray(glob.images.patches_inp), local.images.patches_inp)
+
+
+def test_keyframe_policies():
+    events = [{"event_start_timestamp": 5_000_000}, {"event_start_timestamp": 19_000_000}]
+    fixed = (1_000_000, 3_000_000)
+    assert drive_dataset.keyframes("fixed", events, 20_000_000, fixed) == [3_000_000]
+    assert drive_dataset.keyframes("coc", events, 20_000_000, fixed) == [5_000_000]
+    assert drive_dataset.keyframes("both", events, 20_000_000, fixed) == [3_000_000, 5_000_000]
+    assert drive_dataset.keyframes("meta_actions", events, 20_000_000, fixed, [4_200_000]) == [4_200_000]
+    with pytest.raises(ValueError, match="unknown keyframe policy"):
+        drive_dataset.keyframes("every", events, 20_000_000, fixed)
+
+
+def test_physical_ai_av_split_file_and_vqa_jsonl(built, cfg, tmp_path):
+    root = built[2]
+    clip = json.loads((root / synthetic.GT_DIR / "index.json").read_text())["clips"][0]["clip_id"]
+    (tmp_path / "splits.json").write_text(json.dumps({"train": [clip]}))
+    summary = drive_dataset.build(
+        "physical_ai_av",
+        root,
+        tmp_path / "tfds",
+        drive_dataset.read_split_file(tmp_path / "splits.json"),
+        policy="meta_actions",
+        cameras=CAMERAS[:1],
+        num_frames=1,
+        image_hw=(64, 96),
+    )
+    assert summary["failed"] == {} and summary["examples"]["train"] >= 1
+    ex = pipeline.data_source(tmp_path / "tfds", "physical_ai_av", "train")[0]
+    assert list(ex["vqa_questions"]) == [] and len(ex["images"]) == 1
+    for i in range(2):
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    rows = [
+        dict(
+            id=f"r{i}",
+            images=[f"{i}.png"],
+            conversation=[dict(role="user", text="Light?"), dict(role="assistant", text=f"Level {i}.")],
+        )
+        for i in range(2)
+    ]
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert drive_dataset.build_vqa_jsonl({"train": [str(tmp_path / "v.jsonl")]}, tmp_path / "tfds", (64, 96))[
+        "examples"
+    ] == {"train": 2}
+    dc = _data_cfg(tmp_path / "tfds", [dict(name="vqa_jsonl", split="train", stage=0)], shuffle=False)
+    (b,) = list(pipeline.make_loader(dc, cfg))
+    tok = tokenizer.load("sentencepiece", SP_MODEL, cfg)
+    answers = sorted(tok.decode(b.tokens_bl[i][b.text_loss_bl[i] > 0]) for i in range(2))
+    assert answers == ["Level 0.<|im_end|>", "Level 1.<|im_end|>"] and not b.has_trajectory_b.any()
 
 
 def test_vqa_jsonl(tmp_path):

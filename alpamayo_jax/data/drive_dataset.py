@@ -28,9 +28,11 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from alpamayo_jax import action_space
+from alpamayo_jax.coc import keyframes as coc_keyframes
+from alpamayo_jax.coc import meta_actions
 from alpamayo_jax.data import pai, pai_layout, synthetic, vqa
 
-KEYFRAME_POLICIES = ("fixed", "coc", "both")
+KEYFRAME_POLICIES = ("fixed", "coc", "both", "meta_actions")
 MIN_T0_US = 1_600_000
 FUTURE_US = 6_400_000
 CACHE_DIR = "_clips"
@@ -46,13 +48,37 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def keyframes(policy: str, coc_events: list[dict], duration_us: int, fixed_t0_us: Sequence[int]) -> list[int]:
-    """Keyframe times of one clip: `fixed` times, the CoC event times (`coc`) or both, kept only when
-    the 1.5 s history and 6.4 s future fit in the clip."""
+def ego_10hz(data: pai.PaiDataset, clip_id: str) -> tuple[np.ndarray, ...]:
+    """Egomotion resampled to 10 Hz: t_us [T], xy [T, 2], yaw [T], speed along the heading [T],
+    acceleration [T] (speed and acceleration by differences, independent of the velocity frame)."""
+    df = data.egomotion(clip_id)
+    ts = df["timestamp"].to_numpy(np.int64)
+    t_us = np.arange(ts[0], ts[-1] + 1, 100_000)
+    xy = np.stack([np.interp(t_us, ts, df[c].to_numpy()) for c in ("x", "y")], -1)
+    qx, qy, qz, qw = (np.interp(t_us, ts, df[c].to_numpy()) for c in ("qx", "qy", "qz", "qw"))
+    yaw = np.arctan2(2 * (qw * qz + qx * qy), 1 - 2 * (qy**2 + qz**2))
+    step = np.diff(xy, axis=0)
+    along = step[:, 0] * np.cos(yaw[:-1]) + step[:, 1] * np.sin(yaw[:-1])
+    speed = np.concatenate([along, along[-1:]]) / 0.1
+    accel = np.gradient(speed, 0.1)
+    return t_us, xy, yaw, speed, accel
+
+
+def keyframes(
+    policy: str,
+    coc_events: list[dict],
+    duration_us: int,
+    fixed_t0_us: Sequence[int],
+    meta_action_us: Sequence[int] = (),
+) -> list[int]:
+    """Keyframe times of one clip: `fixed` times, the CoC event times (`coc`), `both` of those, or the
+    meta-action transition keyframes (`meta_actions`), kept only when the 1.5 s history and 6.4 s
+    future fit in the clip."""
     if policy not in KEYFRAME_POLICIES:
         raise ValueError(f"unknown keyframe policy {policy!r}; known: {KEYFRAME_POLICIES}")
-    times = [int(e["event_start_timestamp"]) for e in coc_events] if policy != "fixed" else []
-    times += list(fixed_t0_us) if policy != "coc" else []
+    times = list(meta_action_us) if policy == "meta_actions" else []
+    times += [int(e["event_start_timestamp"]) for e in coc_events] if policy in ("coc", "both") else []
+    times += list(fixed_t0_us) if policy in ("fixed", "both") else []
     return sorted({int(t) for t in times if MIN_T0_US <= t <= duration_us - FUTURE_US})
 
 
@@ -81,11 +107,14 @@ def clip_examples(
     """All keyframe examples of one clip (plain Python / NumPy values)."""
     data = pai.PaiDataset(root)
     events = data.reasoning_events(clip_id)
-    ego = data.egomotion(clip_id)
-    duration_us = int(np.asarray(ego["timestamp"])[-1])
+    t_us, xy, yaw, speed, accel = ego_10hz(data, clip_id)
+    meta_us = []
+    if policy == "meta_actions":
+        meta = meta_actions.detect(xy, yaw, speed, accel)
+        meta_us = [k.t_us for k in coc_keyframes.find_keyframes(meta, int(t_us[0]))]
     gt = synthetic.read_ground_truth(root, clip_id) if with_vqa else None
     out = []
-    for t0 in keyframes(policy, events, duration_us, fixed_t0_us):
+    for t0 in keyframes(policy, events, int(t_us[-1]), fixed_t0_us, meta_us):
         s = pai.load_sample(root, clip_id, t0, cameras, num_frames, image_hw)
         rot = s["ego_future_rot"]
         yaw = np.arctan2(rot[:, 1, 0], rot[:, 0, 0]).astype(np.float32)
@@ -214,7 +243,62 @@ class PhysicalAiAv(_DriveBuilder):
     """Keyframes of a local copy of the PhysicalAI-AV layout (clip list from a split file)."""
 
 
+class VqaJsonl(_DriveBuilder):
+    """VQA conversations from JSONL files (`data.vqa`); no trajectory (zeros), camera ids -1."""
+
+
 BUILDERS = {"synthetic_drive": SyntheticDrive, "physical_ai_av": PhysicalAiAv}
+
+
+def vqa_examples(path: str | os.PathLike, image_hw: tuple[int, int]) -> list[dict]:
+    """Examples of one VQA JSONL file, images resized to `image_hw`."""
+    out = []
+    for row in vqa.read_jsonl(path):
+        images = [np.asarray(Image.open(p).convert("RGB")) for p in row["images"]]
+        images = [pai.resize_images(im[None], image_hw)[0] for im in images]
+        n = len(images)
+        out.append(
+            {
+                "clip_id": row["id"],
+                "t0_us": 0,
+                "images": [encode_jpeg(im) for im in images],
+                "camera_ids": np.full(n, -1, np.int32),
+                "num_frames": 1,
+                "fw_poly": np.zeros((n, 5), np.float32),
+                "bw_poly": np.zeros((n, 5), np.float32),
+                "principal_point": np.zeros((n, 2), np.float32),
+                "t_rig_cam": np.tile(np.eye(4, dtype=np.float32), (n, 1, 1)),
+                "history_xyz": np.zeros((16, 3), np.float32),
+                "future_xyz": np.zeros((64, 3), np.float32),
+                "future_yaw": np.zeros(64, np.float32),
+                "controls": np.zeros((64, 2), np.float32),
+                "reasoning": "",
+                "coc": "",
+                "vqa_questions": [q for q, _ in row["pairs"]],
+                "vqa_answers": [a for _, a in row["pairs"]],
+            }
+        )
+    return out
+
+
+def build_vqa_jsonl(
+    files: dict[str, list[str]], data_dir: str | os.PathLike, image_hw: tuple[int, int] = (320, 576)
+) -> dict:
+    """Builds `vqa_jsonl` from JSONL files per split; returns the examples per split."""
+    cache = pathlib.Path(data_dir) / CACHE_DIR / "vqa_jsonl"
+    cache.mkdir(parents=True, exist_ok=True)
+    split_caches = {}
+    for split, paths in files.items():
+        split_caches[split] = []
+        for i, path in enumerate(paths):
+            target = cache / f"{split}_{i}.pkl"
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps(vqa_examples(path, image_hw)))
+            os.replace(tmp, target)
+            split_caches[split].append(str(target))
+    builder = VqaJsonl(data_dir=str(data_dir), file_format="array_record", split_caches=split_caches)
+    builder.download_and_prepare()
+    return {"dataset": "vqa_jsonl", "examples": {s: builder.info.splits[s].num_examples for s in files}}
 
 
 def synthetic_splits(root: str | os.PathLike, validation_every: int = 10) -> dict[str, list[str]]:

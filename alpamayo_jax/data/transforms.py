@@ -97,6 +97,10 @@ def bucket_length(n: int, buckets: tuple[int, ...]) -> int:
 def batch_samples(samples: list[dict], model_cfg, buckets: tuple[int, ...]) -> batch_lib.Batch:
     """Samples (same image count and sizes) -> a right-padded `Batch` at the bucket length."""
     vcfg = model_cfg.vlm.vision
+    grids = {s["grid_thw"].tobytes() for s in samples}
+    if len(grids) > 1:
+        shapes = [s["grid_thw"].tolist() for s in samples]
+        raise ValueError(f"samples of one batch must have the same images; got grids {shapes}")
     length = bucket_length(max(len(s["tokens"]) for s in samples), buckets)
     images = [
         (qwen3vl_inputs.vision_inputs(s["pixel_values"], s["grid_thw"], vcfg), s["grid_thw"]) for s in samples
