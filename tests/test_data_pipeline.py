@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alpamayo_jax.benchmarks import data as data_bench
 from alpamayo_jax.data import batch as batch_lib
 from alpamayo_jax.data import drive_dataset, pipeline, prompts, synthetic, tokenizer, transforms, vqa
 from alpamayo_jax.models.alpamayo import alpamayo_config
@@ -227,3 +228,11 @@ def test_vqa_jsonl(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps(row | dict(images=["b.jpg"])) + "\n")
     with pytest.raises(FileNotFoundError, match=r"bad.jsonl:1: images not found"):
         vqa.read_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_loader_benchmark_runs():
+    out = data_bench.run("tiny", batch=1, reps=2, clips=1, workers=1, height=64, width=96)
+    assert out["examples"] >= 1 and out["shape"] == "4 cameras x 4 frames x 64x96"
+    for dtype in ("float32", "bfloat16"):
+        for key in ("samples_per_s_per_core", "threads_samples_per_s", "processes_samples_per_s"):
+            assert out[f"{dtype}_{key}"] > 0

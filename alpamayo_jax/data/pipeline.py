@@ -7,8 +7,9 @@ images and lengths match), then worker processes prefetch. The iterator's `get_s
 `set_state()` go into the training checkpoint: a resumed run sees exactly the same batches.
 
 data_cfg (dict-like): data_dir, sources [{name, split, stage, weight}], tokenizer {kind, path},
-batch_size (per host), seed, num_epochs (None: forever), shuffle, worker_count, length_buckets,
-patch_dtype ("float32" or "bfloat16": the patch rows dominate the bytes a batch moves).
+batch_size (per host), seed, num_epochs (None: forever), shuffle, worker_count (processes),
+read_threads / prefetch (threads and batches buffered per process; batches are large, keep it
+small), length_buckets, patch_dtype ("float32" or "bfloat16": the patch rows dominate the bytes).
 """
 
 from __future__ import annotations
@@ -122,7 +123,11 @@ def make_dataset(
     ]
     weights = [float(s.get("weight", 1.0)) for s in sources]
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
-    ds = ds.to_iter_dataset()
+    read = grain.ReadOptions(
+        num_threads=int(data_cfg.get("read_threads", 2)),
+        prefetch_buffer_size=int(data_cfg.get("prefetch", 2)),
+    )
+    ds = ds.to_iter_dataset(read)
     workers = int(data_cfg.get("worker_count", 0))
     if workers > 0:
         if not absl.flags.FLAGS.is_parsed():  # grain's worker set-up reads absl flags (defaults are fine)
