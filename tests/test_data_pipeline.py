@@ -79,6 +79,8 @@ def test_masks_per_stage(built, cfg):
     source = pipeline.data_source(data_dir, "synthetic_drive", "train")
     examples = [source[i] for i in range(len(source))]
     with_cot = next(e for e in examples if e["reasoning"])
+    (record,) = json.loads(with_cot["coc"])
+    assert record["description"] == with_cot["reasoning"].decode() and "causes" in record
     tok = tokenizer.load("sentencepiece", SP_MODEL, cfg)
     lay = cfg.tokens
     rng = np.random.default_rng(0)

@@ -88,6 +88,14 @@ def _reasoning(coc_events: list[dict], t0_us: int) -> str:
     return near[0]["cot"] if near else ""
 
 
+def _coc_record(coc_events: list[dict], gt: dict | None, t0_us: int) -> str:
+    """JSON of the CoC events near t0: with synthetic ground truth the full record (decision per axis,
+    causal components, trace), else the layout's reasoning events."""
+    if gt is None:
+        return json.dumps([e for e in coc_events if abs(int(e["event_start_timestamp"]) - t0_us) <= 500_000])
+    return json.dumps([e for e in gt["events"] if abs(int(e["t_us"]) - t0_us) <= 500_000])
+
+
 def _controls(history_xyz: np.ndarray, future_xyz: np.ndarray, future_yaw: np.ndarray) -> np.ndarray:
     v0 = action_space.estimate_v0(history_xyz)
     accel, curv = action_space.fit_controls(future_xyz[..., :2], future_yaw, v0)
@@ -137,9 +145,7 @@ def clip_examples(
                 "future_yaw": yaw,
                 "controls": _controls(s["ego_history_xyz"], s["ego_future_xyz"], yaw),
                 "reasoning": reasoning,
-                "coc": json.dumps([e for e in events if abs(int(e["event_start_timestamp"]) - t0) <= 500_000])
-                if reasoning
-                else "",
+                "coc": _coc_record(events, gt, t0) if reasoning else "",
                 "vqa_questions": [q for q, _ in pairs],
                 "vqa_answers": [a for _, a in pairs],
             }

@@ -8,6 +8,7 @@ the `TokenLayout`, and trajectory tokens are written `<|traj_f_K|>` (future bin 
 
 from __future__ import annotations
 
+import abc
 import os
 import re
 from typing import Protocol
@@ -32,7 +33,7 @@ class Tokenizer(Protocol):
     def token_id(self, marker: str) -> int: ...
 
 
-class _MarkedTokenizer:
+class _MarkedTokenizer(abc.ABC):
     """Marker handling shared by both implementations; subclasses give the base text codec."""
 
     def __init__(self, layout: TokenLayout, markers: dict[str, int], base_size: int):
@@ -50,14 +51,14 @@ class _MarkedTokenizer:
         if clash:
             raise ValueError(f"markers {clash} reuse ids of other base tokenizer entries (< {base_size})")
 
-    def _base_id(self, token: str) -> int | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _base_id(self, token: str) -> int | None: ...
 
-    def _encode_text(self, text: str) -> list[int]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _encode_text(self, text: str) -> list[int]: ...
 
-    def _decode_text(self, ids: list[int]) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _decode_text(self, ids: list[int]) -> str: ...
 
     def token_id(self, marker: str) -> int:
         """Id of a marker such as `<|im_start|>` or `<|cot_start|>`."""
