@@ -12,9 +12,9 @@ import argparse
 import json
 import sys
 
-from alpamayo_jax.benchmarks import infer
+from alpamayo_jax.benchmarks import data, infer
 
-BENCHMARKS = {"infer": infer.run}
+BENCHMARKS = {"infer": infer.run, "data": data.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,12 +92,14 @@ def assemble_sample(
     reasoning_ids: np.ndarray | None,
     future_ids: np.ndarray | None,
     answer_ids: np.ndarray | None = None,
+    preamble_ids: np.ndarray | None = None,
 ) -> dict[str, np.ndarray | int]:
     """One sample's tokens and loss weights.
 
     image_tokens: merged tokens of each image; history_ids: 48 history tokens or None; reasoning_ids:
     CoC text (None: no reasoning block); future_ids: 128 future tokens (None: no trajectory);
-    answer_ids: a VQA answer after the prompt (text loss). Returns tokens, text_loss, traj_loss and
+    answer_ids: a VQA answer after the prompt (text loss); preamble_ids: tokens before the images (the
+    system turn and the opening of the user turn). Returns tokens, text_loss, traj_loss and
     `expert_prefix_len` (0 without a trajectory).
     """
     tokens: list[int] = []
@@ -110,6 +112,8 @@ def assemble_sample(
         text_loss.extend([text] * len(seq))
         traj_loss.extend([traj] * len(seq))
 
+    if preamble_ids is not None:
+        put(preamble_ids)
     for n in image_tokens:
         put([ids.vision_start] + [ids.image] * n + [ids.vision_end])
     if history_ids is not None:

@@ -1,0 +1,97 @@
+"""Input-pipeline throughput at the release shapes: 4 cameras x 4 frames at 320x576 (SPEC 1.2).
+
+Makes a few synthetic clips, builds `synthetic_drive` from them, then times the grain loader (JPEG
+decode, patch rows, tokenisation, prompt assembly, collation into a `Batch`) for stage 2: the
+transforms alone in one process (samples/s per core) and the loader with `workers` threads or
+`workers` processes (start-up included).
+"""
+
+from __future__ import annotations
+
+import itertools
+import pathlib
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from alpamayo_jax.data import drive_dataset, pipeline, synthetic
+from alpamayo_jax.models import alpamayo
+
+SP_MODEL = pathlib.Path(__file__).parents[2] / "data" / "tokenizers" / "tiny_sp.model"
+
+
+def _per_core(data_cfg: dict, cfg, num_batches: int) -> float:
+    """Samples per second of the sample and batch transforms in this process (one core, no grain)."""
+    source = pipeline.data_source(data_cfg["data_dir"], "synthetic_drive", "train")
+    fn = pipeline.SampleFn(2, data_cfg["tokenizer"], cfg, data_cfg["patch_dtype"])
+    batch_fn = pipeline.BatchFn(cfg, data_cfg["length_buckets"])  # returns the dict form of a Batch
+    rng = np.random.default_rng(0)
+    size = data_cfg["batch_size"]
+    start = time.perf_counter()
+    for i in range(num_batches):
+        batch_fn([fn.random_map(source[(i * size + j) % len(source)], rng) for j in range(size)])
+    return num_batches * size / (time.perf_counter() - start)
+
+
+def _loader(data_cfg: dict, cfg, num_batches: int) -> tuple[float, float]:
+    """(seconds to the first batch, samples per second over all `num_batches`, start-up included)."""
+    start = time.perf_counter()
+    it = pipeline.make_loader(data_cfg, cfg)
+    next(it)
+    first = time.perf_counter() - start
+    for _ in itertools.islice(it, num_batches - 1):
+        pass
+    return first, num_batches * data_cfg["batch_size"] / (time.perf_counter() - start)
+
+
+def run(
+    preset: str,
+    batch: int = 2,
+    reps: int = 10,
+    clips: int = 2,
+    workers: int = 2,
+    height: int = 320,
+    width: int = 576,
+    **_: Any,
+) -> dict[str, Any]:
+    """Samples/s of the transforms on one core and of the loader with `workers` threads or processes,
+    with float32 and bfloat16 patch rows; the model flags of `tools/benchmark.py` are ignored."""
+    cfg = alpamayo.alpamayo_config(preset)
+    with tempfile.TemporaryDirectory() as tmp:
+        root, data_dir = pathlib.Path(tmp) / "synth", pathlib.Path(tmp) / "tfds"
+        t0 = time.perf_counter()
+        synthetic.write_synthetic_dataset(root, clips, 0, synthetic.SyntheticConfig(width, height))
+        made = time.perf_counter() - t0
+        splits = {"train": drive_dataset.synthetic_splits(root, validation_every=clips + 1)["train"]}
+        summary = drive_dataset.build("synthetic_drive", root, data_dir, splits, image_hw=(height, width))
+        data_cfg = dict(
+            data_dir=str(data_dir),
+            sources=[dict(name="synthetic_drive", split="train", stage=2)],
+            tokenizer=dict(kind="sentencepiece", path=str(SP_MODEL)),
+            batch_size=batch,
+            seed=0,
+            num_epochs=None,
+            length_buckets=tuple(range(256, 8192, 64)),
+        )
+        out = dict(
+            what="data",
+            preset=preset,
+            shape=f"4 cameras x 4 frames x {height}x{width}",
+            batch=batch,
+            examples=summary["examples"]["train"],
+            synthetic_s_per_clip=round(made / clips, 2),
+            workers=workers,
+        )
+        for dtype in ("float32", "bfloat16"):
+            dc = data_cfg | dict(patch_dtype=dtype)
+            out[f"{dtype}_samples_per_s_per_core"] = round(_per_core(dc, cfg, reps), 2)
+            for kind, extra in (
+                ("threads", dict(read_threads=workers)),
+                ("processes", dict(worker_count=workers)),
+            ):
+                startup, rate = _loader(dc | extra, cfg, reps)
+                out[f"{dtype}_{kind}_samples_per_s"] = round(rate, 2)
+                out[f"{dtype}_{kind}_first_batch_s"] = round(startup, 2)
+    return out
