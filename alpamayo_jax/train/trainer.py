@@ -87,9 +87,18 @@ def progress(step: int, total: int, metrics: dict[str, float], started: float, f
     return f"step {step}/{total} loss {metrics['loss']:.4f} {rate:.2f} steps/s ETA {eta_s}"
 
 
+def check_paths(config: Any) -> None:
+    """Fails before any compute when a checkpoint the config names does not exist."""
+    for field, path in (("checkpoint.resume_from", config.checkpoint.resume_from),
+                        ("init_from.path", config.init_from.path)):
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(f"{field}: checkpoint {path} does not exist")
+
+
 def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]]:
     """Trains `config` in `workdir` (resuming from its checkpoints); returns the final state and the
     logged metrics (one dict per step)."""
+    check_paths(config)
     os.makedirs(workdir, exist_ok=True)
     config_json = config.to_json_best_effort(indent=2)
     # Mesh.
