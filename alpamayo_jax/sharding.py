@@ -126,9 +126,7 @@ def param_shardings(boxed_params: Any, mesh: Mesh, rules: Rules) -> Any:
 def like_params(tree: Any, params_sharding: Any, mesh: Mesh) -> Any:
     """Shardings for a tree holding copies of the params (optimizer moments, EMA): a leaf whose path
     ends with a parameter's path and has its shape takes that sharding; anything else is replicated."""
-    by_path = {
-        jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_leaves_with_path(params_sharding)
-    }
+    by_path = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_leaves_with_path(params_sharding)}
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def pick(path, leaf):

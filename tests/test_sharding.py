@@ -55,12 +55,16 @@ def boxed():
 def test_param_shardings_match_golden(boxed, rules):
     mesh = sharding.make_mesh((2, 2, 2))
     sh = sharding.param_shardings(boxed[0], mesh, sharding.rules_for(rules))
-    got = {jax.tree_util.keystr(p, simple=True, separator="/"): s.spec for p, s in
-           jax.tree_util.tree_leaves_with_path(sh)}
+    got = {
+        jax.tree_util.keystr(p, simple=True, separator="/"): s.spec
+        for p, s in jax.tree_util.tree_leaves_with_path(sh)
+    }
     for path, spec in GOLDEN[rules].items():
         assert got[path] == spec, path
-    shapes = {jax.tree_util.keystr(p, simple=True, separator="/"): x.shape for p, x in
-              jax.tree_util.tree_leaves_with_path(nn.unbox(boxed[0]))}
+    shapes = {
+        jax.tree_util.keystr(p, simple=True, separator="/"): x.shape
+        for p, x in jax.tree_util.tree_leaves_with_path(nn.unbox(boxed[0]))
+    }
     for path, spec in got.items():  # every sharded dimension divides its mesh axes
         for dim, axis in zip(shapes[path], spec, strict=False):
             assert axis is None or dim % mesh.shape[axis] == 0, path

@@ -40,8 +40,14 @@ def manager(directory: str, every_steps: int, keep_last: int, keep_every: int, a
     )
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: TrainState, data_state: dict, config_json: str,
-         force: bool = False) -> bool:
+def save(
+    mngr: ocp.CheckpointManager,
+    step: int,
+    state: TrainState,
+    data_state: dict,
+    config_json: str,
+    force: bool = False,
+) -> bool:
     """Saves (asynchronously) if the policy says so or `force`; returns whether a save started."""
     return mngr.save(
         step,

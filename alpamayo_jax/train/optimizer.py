@@ -25,8 +25,9 @@ def matches(path: str, prefix: str) -> bool:
 def trainable_mask(params: Any, include: Sequence[str], frozen: Sequence[str]) -> Any:
     """True for parameters under one of `include` and under none of `frozen`."""
     return jax.tree_util.tree_map_with_path(
-        lambda p, _: any(matches(path_str(p), i) for i in include)
-        and not any(matches(path_str(p), f) for f in frozen),
+        lambda p, _: (
+            any(matches(path_str(p), i) for i in include) and not any(matches(path_str(p), f) for f in frozen)
+        ),
         params,
     )
 

@@ -20,7 +20,9 @@ def weighted_loss(losses: Mapping[str, jax.Array], weights: Mapping[str, float])
     """sum_k weights[k] * losses[k]; a weight naming no loss of the model is an error."""
     unknown = set(weights) - set(losses)
     if unknown:
-        raise KeyError(f"loss weights {sorted(unknown)} name no model loss; the model returns {sorted(losses)}")
+        raise KeyError(
+            f"loss weights {sorted(unknown)} name no model loss; the model returns {sorted(losses)}"
+        )
     return sum(jnp.float32(w) * losses[k].astype(jnp.float32) for k, w in weights.items() if w)
 
 
@@ -39,7 +41,9 @@ def make_train_step(
     """
     weights = dict(loss_weights)
 
-    def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    def train_step(
+        state: TrainState, batch: Batch, rng: jax.Array
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
         def loss_fn(params):
             params = jax.tree_util.tree_map(
                 lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable

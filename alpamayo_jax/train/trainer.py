@@ -53,9 +53,7 @@ def mesh_of(mesh_cfg: Any) -> jax.sharding.Mesh:
 
 
 def model_config_of(model: Any):
-    return alpamayo_config(
-        model.variant, dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat
-    )
+    return alpamayo_config(model.variant, dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat)
 
 
 def host_to_global(batch: Any, shardings: Any) -> Any:
@@ -89,8 +87,10 @@ def progress(step: int, total: int, metrics: dict[str, float], started: float, f
 
 def check_paths(config: Any) -> None:
     """Fails before any compute when a checkpoint the config names does not exist."""
-    for field, path in (("checkpoint.resume_from", config.checkpoint.resume_from),
-                        ("init_from.path", config.init_from.path)):
+    for field, path in (
+        ("checkpoint.resume_from", config.checkpoint.resume_from),
+        ("init_from.path", config.init_from.path),
+    ):
         if path and not os.path.exists(path):
             raise FileNotFoundError(f"{field}: checkpoint {path} does not exist")
 
@@ -169,23 +169,24 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
             return jax.jit(init_fn, out_shardings=state_sh)()
 
     # Step: jitted once with explicit shardings, state donated.
-    train_step = make_train_step(model, tx, dict(config.model.loss_weights), trainable, config.optim.ema_decay)
+    train_step = make_train_step(
+        model, tx, dict(config.model.loss_weights), trainable, config.optim.ema_decay
+    )
     eval_step = make_eval_step(model, dict(config.model.loss_weights))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        step_fn = (
-            jax.jit(
-                train_step,
-                in_shardings=(state_sh, batch_sh, replicated),
-                out_shardings=(state_sh, replicated),
-                donate_argnums=0,
-            )
-            .lower(abstract_state, global_example, jax.ShapeDtypeStruct((), jax.random.key(0).dtype))
-            .compile()
-        )
-        eval_fn = jax.jit(
-            eval_step, in_shardings=(params_sh, batch_sh, replicated), out_shardings=replicated
-        )
-    step_flops = flops_of(step_fn)
+    step_jit = jax.jit(
+        train_step,
+        in_shardings=(state_sh, batch_sh, replicated),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(eval_step, in_shardings=(params_sh, batch_sh, replicated), out_shardings=replicated)
+
+    def compile_step() -> Any:
+        """Ahead-of-time compile (once), only when there are steps left to run."""
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+            return step_jit.lower(abstract_state, global_example, key).compile()
+
     # Checkpoint.
     mngr = checkpoint.manager(
         os.path.join(workdir, "checkpoints"),
@@ -207,7 +208,9 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
         for i in range(config.eval.num_batches):
             batch = host_to_global(next(eval_iter), batch_sh)
             with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-                out = jax.device_get(eval_fn(params, batch, jax.random.fold_in(jax.random.key(config.seed), i)))
+                out = jax.device_get(
+                    eval_fn(params, batch, jax.random.fold_in(jax.random.key(config.seed), i))
+                )
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / config.eval.num_batches
         record = {"step": step, **{f"eval/{k}": v for k, v in sums.items()}}
@@ -218,6 +221,8 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
     history: list[dict[str, float]] = []
     pending: list[tuple[int, dict[str, jax.Array], int]] = []
     first_step = int(state.step)
+    step_fn = compile_step() if first_step < config.total_steps else None
+    step_flops = flops_of(step_fn) if step_fn is not None else 0.0
     started = time.time()
     last_log = (time.time(), first_step)
     peak = config.mesh.peak_tflops_per_device * 1e12 * mesh.size
