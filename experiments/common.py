@@ -64,6 +64,8 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 10 if tiny else 1000
     c.eval.num_batches = 1 if tiny else 16
+    c.eval.num_samples = 6  # minADE_6
+    c.eval.flow_steps = 4 if tiny else 10
 
     c.trainable = ml_collections.ConfigDict()
     c.trainable.include = ("",)

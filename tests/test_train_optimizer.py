@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from alpamayo_jax.train import optimizer, step, trainer
+from alpamayo_jax.train import evaluate, optimizer, step, trainer
 from alpamayo_jax.train.state import TrainState
 
 PARAMS = {
@@ -104,3 +104,16 @@ def test_non_finite_loss_names_the_step():
         trainer.check_finite(7, {"loss": float("nan"), "grad_norm": 1.0})
     with pytest.raises(FloatingPointError, match="step 3: grad_norm is inf"):
         trainer.check_finite(3, {"loss": 1.0, "grad_norm": float("inf")})
+
+
+def test_trajectory_metrics_on_known_offsets():
+    true = jnp.zeros((2, 64, 2))
+    offsets = jnp.array([1.0, 3.0])  # sample 0 off by 1 m everywhere, sample 1 by 3 m
+    xy = jnp.zeros((2, 2, 64, 2)).at[:, :, :, 0].set(offsets[None, :, None])
+    xy = xy.at[1, 0, :, 0].set(jnp.arange(64) * 0.1)  # scene 1, sample 0: error grows 0.1 m per step
+    m = evaluate.trajectory_metrics(xy, true, jnp.array([True, False]))
+    assert float(m["minADE_2"]) == pytest.approx(1.0)
+    assert float(m["ADE_1s"]) == pytest.approx(1.0) and float(m["FDE_6.4s"]) == pytest.approx(1.0)
+    m = evaluate.trajectory_metrics(xy, true, jnp.array([False, True]))
+    assert float(m["FDE_1s"]) == pytest.approx(0.9) and float(m["FDE_3s"]) == pytest.approx(2.9)
+    assert float(m["ADE_6.4s"]) == pytest.approx(3.15) and float(m["minADE_2"]) == pytest.approx(3.0)

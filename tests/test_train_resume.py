@@ -83,3 +83,5 @@ def test_eval_and_throughput_metrics_are_logged(tmp_path):
     assert [r["step"] for r in train_records] == [1, 2] and [r["step"] for r in evals] == [2]
     assert all(r["tokens_per_s"] > 0 and r["steps_per_s"] > 0 for r in train_records)
     assert np.isfinite(evals[0]["eval/traj_ce"]) and evals[0]["eval/loss"] > 0
+    assert 0 < evals[0]["eval/minADE_6"] <= evals[0]["eval/ADE_6.4s"] + 1e-6
+    assert evals[0]["eval/ADE_1s"] < evals[0]["eval/ADE_6.4s"] < evals[0]["eval/FDE_6.4s"]

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from alpamayo_jax import sharding
 from alpamayo_jax.models.alpamayo import Alpamayo, alpamayo_config
 from alpamayo_jax.train import checkpoint, optimizer
+from alpamayo_jax.train.evaluate import make_trajectory_eval
 from alpamayo_jax.train.input import make_input
 from alpamayo_jax.train.state import TrainState
 from alpamayo_jax.train.step import make_eval_step, make_train_step
@@ -172,7 +173,12 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
     train_step = make_train_step(
         model, tx, dict(config.model.loss_weights), trainable, config.optim.ema_decay
     )
-    eval_step = make_eval_step(model, dict(config.model.loss_weights))
+    ce_eval = make_eval_step(model, dict(config.model.loss_weights))
+    traj_eval = make_trajectory_eval(model, config.eval.num_samples, config.eval.flow_steps)
+
+    def eval_step(params: Any, batch: Any, rng: jax.Array) -> dict[str, jax.Array]:
+        return {**ce_eval(params, batch, rng), **traj_eval(params, batch, rng)}
+
     step_jit = jax.jit(
         train_step,
         in_shardings=(state_sh, batch_sh, replicated),
