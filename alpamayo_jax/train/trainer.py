@@ -23,6 +23,7 @@ from alpamayo_jax.models.alpamayo import Alpamayo, alpamayo_config
 from alpamayo_jax.train import checkpoint, optimizer
 from alpamayo_jax.train.evaluate import make_trajectory_eval
 from alpamayo_jax.train.input import make_input
+from alpamayo_jax.train.metrics import MetricWriter
 from alpamayo_jax.train.state import TrainState
 from alpamayo_jax.train.step import make_eval_step, make_train_step
 
@@ -30,18 +31,6 @@ from alpamayo_jax.train.step import make_eval_step, make_train_step
 def log(*args: Any) -> None:
     if jax.process_index() == 0:
         print(*args, flush=True)
-
-
-class JsonlWriter:
-    """Appends one JSON object per line (process 0 only)."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def write(self, record: dict[str, Any]) -> None:
-        if jax.process_index() == 0:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 def mesh_of(mesh_cfg: Any) -> jax.sharding.Mesh:
@@ -205,7 +194,7 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
     if data_state is not None:
         train_iter.set_state(data_state)
     log(source)
-    writer = JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     # Eval.
 
     def evaluate(params: Any, step: int) -> dict[str, float]:
@@ -219,8 +208,8 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
                 )
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / config.eval.num_batches
-        record = {"step": step, **{f"eval/{k}": v for k, v in sums.items()}}
-        writer.write(record)
+        record = {f"eval/{k}": v for k, v in sums.items()}
+        writer.write(step, record)
         return record
 
     # Loop.
@@ -252,7 +241,7 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
                     values.update(step=s, steps_per_s=1.0 / seconds, tokens_per_s=tok / seconds)
                     if peak > 0 and step_flops > 0:
                         values["mfu"] = step_flops / seconds / peak
-                    writer.write(values)
+                    writer.write(s, values)
                     history.append(values)
                 pending = []
                 log(progress(done, config.total_steps, history[-1], started, first_step))
@@ -260,7 +249,7 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
                 mngr, done, state, train_iter.get_state(), config_json, force=last or preemption.requested
             )
             if config.eval.every_steps and (done % config.eval.every_steps == 0 or last):
-                log(evaluate(state.params, done))
+                log(f"eval at step {done}: {json.dumps(evaluate(state.params, done))}")
             if preemption.requested:
                 log(f"SIGTERM: saved step {done}, exiting")
                 break
