@@ -105,17 +105,22 @@ def _checkpoint_step_dir(path: str) -> tuple[str, int]:
 
 def _restore_params_of(path: str, shardings_for: Callable[[str, tuple], Any]) -> Any:
     """Params of another run's checkpoint (workdir or step folder), each leaf placed by
-    `shardings_for(path, shape)`."""
+    `shardings_for(path, shape)`; the optimizer state there is not read."""
     ckpt_dir, step = _checkpoint_step_dir(path)
     item = os.path.join(ckpt_dir, str(step), "state")
-    with ocp.StandardCheckpointer() as ckpt:
+    with ocp.PyTreeCheckpointer() as ckpt:
         meta = ckpt.metadata(item)
         tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
         target = jax.tree_util.tree_map_with_path(
             lambda p, m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=shardings_for(path_str(p), m.shape)),
-            dict(tree),
+            {"params": dict(tree)["params"]},
         )
-        return ckpt.restore(item, target)["params"]
+        args = ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        )
+        return ckpt.restore(item, args=args)["params"]
 
 
 def _restore_params_of_model_dir(path: str, mount: str, shardings_for: Callable[[str, tuple], Any]) -> Any:
