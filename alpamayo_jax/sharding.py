@@ -95,7 +95,7 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     )
 
 
-def _divisible_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+def divisible_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
     """`spec` with every dimension the mapped mesh axes do not divide replicated."""
     out = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
@@ -116,7 +116,7 @@ def param_shardings(boxed_params: Any, mesh: Mesh, rules: Rules) -> Any:
     specs = param_specs(boxed_params, rules)
     shapes = nn.unbox(boxed_params)
     return jax.tree_util.tree_map(
-        lambda spec, x: NamedSharding(mesh, _divisible_spec(spec, x.shape, mesh)),
+        lambda spec, x: NamedSharding(mesh, divisible_spec(spec, x.shape, mesh)),
         specs,
         shapes,
         is_leaf=lambda s: isinstance(s, PartitionSpec),
@@ -133,7 +133,7 @@ def like_params(tree: Any, params_sharding: Any, mesh: Mesh) -> Any:
         for i in range(len(path)):
             sharding = by_path.get(jax.tree_util.keystr(path[i:]))
             if sharding is not None:
-                return NamedSharding(mesh, _divisible_spec(sharding.spec, np.shape(leaf), mesh))
+                return NamedSharding(mesh, divisible_spec(sharding.spec, np.shape(leaf), mesh))
         return replicated
 
     return jax.tree_util.tree_map_with_path(pick, tree)

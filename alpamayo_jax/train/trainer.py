@@ -96,10 +96,11 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
     rules = sharding.rules_for(config.mesh.rules)
     sharding.check_batch_divides(config.data.global_batch, mesh)
     log(f"mesh {dict(mesh.shape)} rules {config.mesh.rules} on {jax.device_count()} devices")
-    # Input.
-    train_iter = make_input(config.data, model_config_of(config.model), config.seed)
-    eval_iter = make_input(config.data, model_config_of(config.model), config.seed + 1)
-    example = next(make_input(config.data, model_config_of(config.model), config.seed))
+    # Input (host-local batches; the global batch stacks every host's along the batch axis).
+    model_cfg = model_config_of(config.model)
+    train_iter = make_input(config.data, model_cfg, config.seed)
+    eval_iter = make_input(config.data, model_cfg, config.seed + 1)
+    example = next(make_input(config.data, model_cfg, config.seed))
     global_example = jax.tree_util.tree_map_with_path(
         lambda p, x: jax.ShapeDtypeStruct(
             tuple(
@@ -112,7 +113,6 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
     )
     batch_sh = sharding.batch_shardings(global_example, mesh)
     # Model.
-    model_cfg = model_config_of(config.model)
     model = Alpamayo(model_cfg)
     init_rng, run_rng = jax.random.split(jax.random.key(config.seed))
     boxed = jax.eval_shape(lambda b: model.init(init_rng, b, init_rng), global_example)["params"]
@@ -152,7 +152,7 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
     def spec_for(path: str, shape: tuple) -> NamedSharding:
         key = path.removeprefix("params/")
         spec = specs.get(key, PartitionSpec())
-        return NamedSharding(mesh, sharding._divisible_spec(spec, shape, mesh))
+        return NamedSharding(mesh, sharding.divisible_spec(spec, shape, mesh))
 
     def jitted_init() -> TrainState:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
