@@ -1,0 +1,1 @@
+"""The sharded trainer shared by every training stage (see `trainer.train`)."""

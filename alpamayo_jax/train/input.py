@@ -1,0 +1,52 @@
+"""Training input for the trainer: an iterator of host-local `Batch`es with `get_state()/set_state()`.
+
+The trainer needs nothing else from the input pipeline, so the real pipeline replaces `FakeBatches`
+through `make_input`'s table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from alpamayo_jax.data import batch as batch_lib
+from alpamayo_jax.data.batch import Batch
+
+
+class FakeBatches:
+    """Random well-formed batches (`batch.fake`), a pure function of (seed, position, host): resuming
+    at a position reproduces the batches exactly."""
+
+    def __init__(self, model_cfg: Any, batch_size: int, seq_len: int, num_images: int, seed: int):
+        self.model_cfg, self.batch_size, self.seq_len = model_cfg, batch_size, seq_len
+        self.num_images, self.seed, self.position = num_images, seed, 0
+
+    def __iter__(self) -> FakeBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        seed = (self.seed * 1_000_003 + self.position) * jax.process_count() + jax.process_index()
+        self.position += 1
+        return batch_lib.fake(
+            self.model_cfg, self.batch_size, seed=seed, num_images=self.num_images, length=self.seq_len
+        )
+
+    def get_state(self) -> dict[str, int]:
+        return {"position": self.position, "seed": self.seed}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        if state.get("seed") != self.seed:
+            raise ValueError(f"data state is for seed {state.get('seed')}, this iterator has {self.seed}")
+        self.position = int(state["position"])
+
+
+def make_input(data: Any, model_cfg: Any, seed: int) -> FakeBatches:
+    """The host-local training iterator of `data` (config section): batch `global_batch / processes`."""
+    if data.global_batch % jax.process_count():
+        raise ValueError(f"data.global_batch {data.global_batch} does not divide {jax.process_count()} hosts")
+    local = data.global_batch // jax.process_count()
+    kinds = {"fake": lambda: FakeBatches(model_cfg, local, data.seq_len, data.num_images, seed)}
+    if data.kind not in kinds:
+        raise ValueError(f"data.kind {data.kind!r}; known: {sorted(kinds)}")
+    return kinds[data.kind]()

@@ -1,0 +1,259 @@
+"""One trainer for every stage: mesh, input, model, shard, step, checkpoint, eval, loop.
+
+A stage differs only by its config (experiments/*.py): trainable filter, loss weights, data, init_from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from alpamayo_jax import sharding
+from alpamayo_jax.models.alpamayo import Alpamayo, alpamayo_config
+from alpamayo_jax.train import checkpoint, optimizer
+from alpamayo_jax.train.evaluate import make_trajectory_eval
+from alpamayo_jax.train.input import make_input
+from alpamayo_jax.train.metrics import MetricWriter
+from alpamayo_jax.train.state import TrainState
+from alpamayo_jax.train.step import make_eval_step, make_train_step
+
+
+def log(*args: Any) -> None:
+    if jax.process_index() == 0:
+        print(*args, flush=True)
+
+
+def mesh_of(mesh_cfg: Any) -> jax.sharding.Mesh:
+    """The run's mesh; a shape without -1 smaller than the device count uses the first devices."""
+    shape = tuple(mesh_cfg.shape)
+    devices = jax.devices()
+    if -1 not in shape:
+        devices = devices[: math.prod(shape)]
+    return sharding.make_mesh(shape, devices)
+
+
+def model_config_of(model: Any):
+    return alpamayo_config(model.variant, dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat)
+
+
+def host_to_global(batch: Any, shardings: Any) -> Any:
+    """Host-local NumPy batch -> global arrays (each host holds its slice of the batch axis)."""
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), batch, shardings
+    )
+
+
+def flops_of(compiled: Any) -> float:
+    """FLOPs of one call from XLA's cost analysis (0 when unavailable)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def check_finite(step: int, metrics: dict[str, float]) -> None:
+    for name in ("loss", "grad_norm"):
+        if not math.isfinite(metrics[name]):
+            raise FloatingPointError(f"step {step}: {name} is {metrics[name]}; stopping the run")
+
+
+def progress(step: int, total: int, metrics: dict[str, float], started: float, first_step: int) -> str:
+    done = step - first_step
+    rate = done / max(time.time() - started, 1e-9)
+    eta = (total - step) / rate if rate > 0 else float("inf")
+    eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
+    return f"step {step}/{total} loss {metrics['loss']:.4f} {rate:.2f} steps/s ETA {eta_s}"
+
+
+def check_paths(config: Any) -> None:
+    """Fails before any compute when a checkpoint the config names does not exist."""
+    for field, path in (
+        ("checkpoint.resume_from", config.checkpoint.resume_from),
+        ("init_from.path", config.init_from.path),
+    ):
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(f"{field}: checkpoint {path} does not exist")
+
+
+def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]]:
+    """Trains `config` in `workdir` (resuming from its checkpoints); returns the final state and the
+    logged metrics (one dict per step)."""
+    check_paths(config)
+    os.makedirs(workdir, exist_ok=True)
+    config_json = config.to_json_best_effort(indent=2)
+    # Mesh.
+    mesh = mesh_of(config.mesh)
+    rules = sharding.rules_for(config.mesh.rules)
+    sharding.check_batch_divides(config.data.global_batch, mesh)
+    log(f"mesh {dict(mesh.shape)} rules {config.mesh.rules} on {jax.device_count()} devices")
+    # Input (host-local batches; the global batch stacks every host's along the batch axis).
+    model_cfg = model_config_of(config.model)
+    train_iter = make_input(config.data, model_cfg, config.seed)
+    eval_iter = make_input(config.data, model_cfg, config.seed + 1)
+    example = next(make_input(config.data, model_cfg, config.seed))
+    global_example = jax.tree_util.tree_map_with_path(
+        lambda p, x: jax.ShapeDtypeStruct(
+            tuple(
+                d * jax.process_count() if i == sharding.batch_axis(p[0].name) else d
+                for i, d in enumerate(x.shape)
+            ),
+            x.dtype,
+        ),
+        example,
+    )
+    batch_sh = sharding.batch_shardings(global_example, mesh)
+    # Model.
+    model = Alpamayo(model_cfg)
+    init_rng, run_rng = jax.random.split(jax.random.key(config.seed))
+    boxed = jax.eval_shape(lambda b: model.init(init_rng, b, init_rng), global_example)["params"]
+    abstract_params = nn.unbox(boxed)
+    trainable = optimizer.trainable_mask(abstract_params, config.trainable.include, config.trainable.frozen)
+    tx = optimizer.make_optimizer(config.optim, config.trainable, abstract_params, config.total_steps)
+    use_ema = config.optim.ema_decay > 0
+    # Shard: abstract state -> shardings -> jitted init that creates it directly sharded.
+    params_sh = sharding.param_shardings(boxed, mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def init_fn() -> TrainState:
+        zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), global_example)
+        params = nn.unbox(model.init(init_rng, zeros, init_rng))["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng_key=jax.random.key_data(run_rng),
+            ema=params if use_ema else None,
+        )
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract_state = jax.eval_shape(init_fn)
+    state_sh = TrainState(
+        step=replicated,
+        params=params_sh,
+        opt_state=sharding.like_params(abstract_state.opt_state, params_sh, mesh),
+        rng_key=replicated,
+        ema=params_sh if use_ema else None,
+    )
+    abstract_state = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sh
+    )
+    specs = {optimizer.path_str(p): s.spec for p, s in jax.tree_util.tree_leaves_with_path(params_sh)}
+
+    def spec_for(path: str, shape: tuple) -> NamedSharding:
+        key = path.removeprefix("params/")
+        spec = specs.get(key, PartitionSpec())
+        return NamedSharding(mesh, sharding.divisible_spec(spec, shape, mesh))
+
+    def jitted_init() -> TrainState:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return jax.jit(init_fn, out_shardings=state_sh)()
+
+    # Step: jitted once with explicit shardings, state donated.
+    train_step = make_train_step(
+        model, tx, dict(config.model.loss_weights), trainable, config.optim.ema_decay
+    )
+    ce_eval = make_eval_step(model, dict(config.model.loss_weights))
+    traj_eval = make_trajectory_eval(model, config.eval.num_samples, config.eval.flow_steps)
+
+    def eval_step(params: Any, batch: Any, rng: jax.Array) -> dict[str, jax.Array]:
+        return {**ce_eval(params, batch, rng), **traj_eval(params, batch, rng)}
+
+    step_jit = jax.jit(
+        train_step,
+        in_shardings=(state_sh, batch_sh, replicated),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(eval_step, in_shardings=(params_sh, batch_sh, replicated), out_shardings=replicated)
+
+    def compile_step() -> Any:
+        """Ahead-of-time compile (once), only when there are steps left to run."""
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+            return step_jit.lower(abstract_state, global_example, key).compile()
+
+    # Checkpoint.
+    mngr = checkpoint.manager(
+        os.path.join(workdir, "checkpoints"),
+        config.checkpoint.every_steps,
+        config.checkpoint.keep_last,
+        config.checkpoint.keep_every,
+        config.checkpoint.async_save,
+    )
+    state, data_state, source = checkpoint.resume_or_init(mngr, config, jitted_init, abstract_state, spec_for)
+    if data_state is not None:
+        train_iter.set_state(data_state)
+    log(source)
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    # Eval.
+
+    def evaluate(params: Any, step: int) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        eval_iter.set_state({"position": 0, "seed": config.seed + 1})
+        for i in range(config.eval.num_batches):
+            batch = host_to_global(next(eval_iter), batch_sh)
+            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+                out = jax.device_get(
+                    eval_fn(params, batch, jax.random.fold_in(jax.random.key(config.seed), i))
+                )
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / config.eval.num_batches
+        record = {f"eval/{k}": v for k, v in sums.items()}
+        writer.write(step, record)
+        return record
+
+    # Loop.
+    history: list[dict[str, float]] = []
+    pending: list[tuple[int, dict[str, jax.Array], int]] = []
+    first_step = int(state.step)
+    step_fn = compile_step() if first_step < config.total_steps else None
+    step_flops = flops_of(step_fn) if step_fn is not None else 0.0
+    started = time.time()
+    last_log = (time.time(), first_step)
+    peak = config.mesh.peak_tflops_per_device * 1e12 * mesh.size
+    with checkpoint.Preemption() as preemption:
+        for step in range(first_step, config.total_steps):
+            host_batch = next(train_iter)
+            tokens = int(np.asarray(host_batch.valid_bl).sum()) * jax.process_count()
+            batch = host_to_global(host_batch, batch_sh)
+            rng = jax.random.fold_in(state.rng, step)
+            state, metrics = step_fn(state, batch, rng)
+            pending.append((step + 1, metrics, tokens))
+            done = step + 1
+            last = done == config.total_steps
+            if done % config.log_every == 0 or last or preemption.requested:
+                now = time.time()
+                seconds = (now - last_log[0]) / max(done - last_log[1], 1)
+                last_log = (now, done)
+                for s, m, tok in pending:
+                    values = {k: float(v) for k, v in jax.device_get(m).items()}
+                    check_finite(s, values)
+                    values.update(step=s, steps_per_s=1.0 / seconds, tokens_per_s=tok / seconds)
+                    if peak > 0 and step_flops > 0:
+                        values["mfu"] = step_flops / seconds / peak
+                    writer.write(s, values)
+                    history.append(values)
+                pending = []
+                log(progress(done, config.total_steps, history[-1], started, first_step))
+            checkpoint.save(
+                mngr, done, state, train_iter.get_state(), config_json, force=last or preemption.requested
+            )
+            if config.eval.every_steps and (done % config.eval.every_steps == 0 or last):
+                log(f"eval at step {done}: {json.dumps(evaluate(state.params, done))}")
+            if preemption.requested:
+                log(f"SIGTERM: saved step {done}, exiting")
+                break
+    mngr.wait_until_finished()
+    mngr.close()
+    sys.stdout.flush()
+    return state, history

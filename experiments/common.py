@@ -1,0 +1,83 @@
+"""The config every stage derives from: sections model / data / optim / mesh / checkpoint / eval /
+trainable / init_from, and the presets `tiny` (CPU, fake data), `2b` and `10b` (GPU/TPU pods).
+
+Values are plain data (the config is saved as JSON with every checkpoint); the returned ConfigDict is
+locked, so an override naming no field fails before any compute.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+PRESETS = ("tiny", "2b", "10b")
+MODEL_VARIANT = {"tiny": "tiny", "2b": "ar1_2b", "10b": "ar1_10b"}
+
+
+def base_config(preset: str) -> ml_collections.ConfigDict:
+    """Defaults of a preset, unlocked so that a stage can set its own values before locking."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {PRESETS}")
+    tiny = preset == "tiny"
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 20 if tiny else 20_000
+    c.log_every = 1 if tiny else 50
+
+    c.model = ml_collections.ConfigDict()
+    c.model.variant = MODEL_VARIANT[preset]
+    c.model.dtype = "float32" if tiny else "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.remat = "none" if tiny else "full"
+    c.model.loss_weights = ml_collections.ConfigDict(dict(text_ce=1.0, traj_ce=1.0, flow=1.0))
+
+    c.data = ml_collections.ConfigDict()
+    c.data.kind = "fake"
+    c.data.global_batch = 8 if tiny else 256
+    c.data.seq_len = 256 if tiny else 3072
+    c.data.num_images = 2 if tiny else 16
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-3 if tiny else 1e-5
+    c.optim.warmup_steps = 2 if tiny else 500
+    c.optim.end_lr_fraction = 0.1
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.01
+    c.optim.clip_norm = 1.0
+    c.optim.lr_multipliers = (("vlm/vision", 0.1),)
+    c.optim.grad_accum_steps = 1
+    c.optim.ema_decay = 0.0
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (1, -1, 1)
+    c.mesh.rules = "fsdp"
+    c.mesh.peak_tflops_per_device = 0.0 if tiny else 989.0
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 10 if tiny else 1000
+    c.checkpoint.keep_last = 2
+    c.checkpoint.keep_every = 0 if tiny else 5000
+    c.checkpoint.async_save = True
+    c.checkpoint.resume_from = ""
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 10 if tiny else 1000
+    c.eval.num_batches = 1 if tiny else 16
+    c.eval.num_samples = 6  # minADE_6
+    c.eval.flow_steps = 4 if tiny else 10
+
+    c.trainable = ml_collections.ConfigDict()
+    c.trainable.include = ("",)
+    c.trainable.frozen = ()
+
+    c.init_from = ml_collections.ConfigDict()
+    c.init_from.path = ""
+    c.init_from.kind = "checkpoint"
+    c.init_from.subtrees = ("vlm",)
+    return c
+
+
+def parse_arg(arg: str | None) -> str:
+    """`get_config`'s argument: the preset name ('tiny' when empty)."""
+    return arg or "tiny"

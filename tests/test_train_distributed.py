@@ -1,0 +1,40 @@
+"""Two processes on localhost through `jax.distributed` (gloo CPU collectives) train on one shared mesh."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_share_a_mesh_and_only_process_0_logs(tmp_path):
+    port = free_port()
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_PLATFORMS="cpu",
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+    )
+    cmd = [
+        sys.executable, "-m", "alpamayo_jax.train",
+        "--config", "experiments/stage1_action_injection.py:tiny", "--workdir", str(tmp_path / "w"),
+        "--coordinator", f"localhost:{port}", "--num_processes", "2",
+        "--config.total_steps=2", "--config.eval.every_steps=0", "--config.data.global_batch=4",
+        "--config.checkpoint.every_steps=1",
+    ]  # fmt: skip
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs = [subprocess.Popen([*cmd, "--process_id", str(i)], env=env, **pipes) for i in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1} rules fsdp on 4 devices" in logs[0]
+    assert "step 2/2" in logs[0] and "step 2/2" not in logs[1]
+    records = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["loss"] > 0 and r["grad_norm"] > 0 for r in records)
+    assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["1", "2"]

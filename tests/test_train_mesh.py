@@ -1,0 +1,25 @@
+"""The same tiny run on 1 device and on 8 devices with mesh (2, 2, 2) and FSDP + TP gives the same losses."""
+
+import numpy as np
+import pytest
+
+from alpamayo_jax.train import trainer
+from tests.train_util import tiny_config, use_compilation_cache
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    use_compilation_cache(tmp_path_factory)
+
+
+def test_one_device_and_eight_device_mesh_agree(tmp_path):
+    losses = {}
+    for name, shape in (("one", (1, 1, 1)), ("eight", (2, 2, 2))):
+        c = tiny_config("stage1_action_injection", 3, mesh__shape=shape, mesh__rules="fsdp_tp")
+        c.data.global_batch = 4
+        c.checkpoint.every_steps = 10
+        _, history = trainer.train(c, str(tmp_path / name))
+        losses[name] = np.array([h["loss"] for h in history])
+        assert len(history) == 3
+    np.testing.assert_allclose(losses["eight"], losses["one"], rtol=0, atol=1e-5)
+    assert losses["one"][2] != losses["one"][0]
