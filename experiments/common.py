@@ -35,6 +35,14 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     c.data.global_batch = 8 if tiny else 256
     c.data.seq_len = 256 if tiny else 3072
     c.data.num_images = 2 if tiny else 16
+    # kind "tfds": datasets built by tools/build_dataset.py, read through alpamayo_jax.data.pipeline.
+    c.data.data_dir = ""
+    c.data.sources = ()  # each dict(name=..., stage=0..3, weight=...)
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.tokenizer = ml_collections.ConfigDict(dict(kind="sentencepiece", path=""))
+    c.data.worker_count = 0
+    c.data.patch_dtype = "float32" if tiny else "bfloat16"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3 if tiny else 1e-5

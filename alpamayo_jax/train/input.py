@@ -11,6 +11,7 @@ from typing import Any
 import jax
 
 from alpamayo_jax.data import batch as batch_lib
+from alpamayo_jax.data import pipeline
 from alpamayo_jax.data.batch import Batch
 
 
@@ -41,12 +42,37 @@ class FakeBatches:
         self.position = int(state["position"])
 
 
-def make_input(data: Any, model_cfg: Any, seed: int) -> FakeBatches:
-    """The host-local training iterator of `data` (config section): batch `global_batch / processes`."""
+def pipeline_config(data: Any, batch_size: int, seed: int, split: str) -> dict[str, Any]:
+    """The grain pipeline's config for `data.kind == "tfds"`: every source read from `split`, one length
+    bucket (`seq_len`) so the step compiles once."""
+    return dict(
+        data_dir=data.data_dir,
+        sources=[dict(s, split=split) for s in data.sources],
+        tokenizer=dict(data.tokenizer),
+        batch_size=batch_size,
+        seed=seed,
+        num_epochs=None,
+        length_buckets=(data.seq_len,),
+        worker_count=data.worker_count,
+        patch_dtype=data.patch_dtype,
+    )
+
+
+def make_input(data: Any, model_cfg: Any, seed: int, train: bool = True) -> Any:
+    """The host-local iterator of `data` (config section): batch `global_batch / processes`; the eval
+    iterator (`train=False`) reads `data.eval_split`."""
     if data.global_batch % jax.process_count():
         raise ValueError(f"data.global_batch {data.global_batch} does not divide {jax.process_count()} hosts")
     local = data.global_batch // jax.process_count()
-    kinds = {"fake": lambda: FakeBatches(model_cfg, local, data.seq_len, data.num_images, seed)}
+    split = data.train_split if train else data.eval_split
+    kinds = {
+        "fake": lambda: FakeBatches(model_cfg, local, data.seq_len, data.num_images, seed),
+        "tfds": lambda: pipeline.make_loader(
+            pipeline_config(data, local, seed, split), model_cfg, jax.process_index(), jax.process_count()
+        ),
+    }
     if data.kind not in kinds:
         raise ValueError(f"data.kind {data.kind!r}; known: {sorted(kinds)}")
+    if data.kind == "tfds" and not data.sources:
+        raise ValueError("data.kind 'tfds' needs data.sources (name, stage, weight) and data.data_dir")
     return kinds[data.kind]()

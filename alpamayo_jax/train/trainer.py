@@ -99,7 +99,7 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
     # Input (host-local batches; the global batch stacks every host's along the batch axis).
     model_cfg = model_config_of(config.model)
     train_iter = make_input(config.data, model_cfg, config.seed)
-    eval_iter = make_input(config.data, model_cfg, config.seed + 1)
+    eval_iter = make_input(config.data, model_cfg, config.seed + 1, train=False)
     example = next(make_input(config.data, model_cfg, config.seed))
     global_example = jax.tree_util.tree_map_with_path(
         lambda p, x: jax.ShapeDtypeStruct(
