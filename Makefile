@@ -13,6 +13,9 @@ $(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+demo: $(STAMP)
+	$(PY) tools/demo.py --out runs/demo
+
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest tests
 

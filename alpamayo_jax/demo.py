@@ -23,10 +23,12 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from alpamayo_jax import action_space
+from alpamayo_jax import action_space, generation, inference, trajectory_tokens
 from alpamayo_jax.data import drive_dataset, pipeline, synthetic
 from alpamayo_jax.data import tokenizer as tokenizer_lib
 from alpamayo_jax.models.alpamayo import Alpamayo
+from alpamayo_jax.models.qwen3vl import Qwen3VL
+from alpamayo_jax.models.qwen3vl_inputs import PromptInputs
 from alpamayo_jax.train import evaluate, trainer
 from alpamayo_jax.train.input import pipeline_config
 
@@ -44,7 +46,7 @@ class DemoConfig:
     clips: int = 40
     seed: int = 0
     image_hw: tuple[int, int] = (64, 96)
-    steps: tuple[int, int, int] = (60, 300, 300)  # stage 0, 1, 2
+    steps: tuple[int, int, int] = (60, 400, 400)  # stage 0, 1, 2
     batch: int = 8
     seq_len: int = 384
     lr: float = 3e-3
@@ -125,6 +127,47 @@ def score(model: Alpamayo, params: Any, batches: list, rng: jax.Array) -> tuple[
     return {k: v / len(batches) for k, v in sums.items()}, samples
 
 
+def token_trajectories(model: Alpamayo, params: Any, batch: Any) -> jax.Array:
+    """The VLM's own trajectory: greedy decoding of the 128 discrete future tokens after the
+    teacher-forced prefix (only future-control ids allowed), decoded to controls and integrated:
+    `[B, 1, A, 2]`. The tokens after <|traj_future_start|> are masked out of the prompt."""
+    cfg = model.cfg
+    length = batch.tokens_bl.shape[1]
+    prefix = jnp.arange(length)[None, :] < batch.expert_prefix_len_b[:, None]
+    prompt = PromptInputs(
+        tokens_bl=batch.tokens_bl,
+        positions_3bl=batch.positions_3bl,
+        valid_bl=batch.valid_bl & prefix,
+        next_position_b=batch.expert_position_b,
+        images=batch.images,
+        image_slots_bl=jnp.where(prefix, batch.image_slots_bl, -1),
+    )
+    vlm = Qwen3VL(cfg.vlm)
+    layout = cfg.tokens
+    n = layout.num_future_tokens
+    logits, cache = generation.prefill(vlm, params["vlm"], prompt, length + n)
+    banned = ~layout.is_future_id(jnp.arange(cfg.vlm.text.vocab_size))
+    tokens, _, _ = generation.decode(
+        vlm, params["vlm"], logits, cache, prompt.next_position_b, jax.random.key(0), n, banned_v=banned
+    )
+    controls = trajectory_tokens.decode_future(tokens, layout, xp=jnp)
+    return inference.controls_to_trajectory(controls, batch.history_xyz_bh3)["xy"][:, None]
+
+
+def token_score(model: Alpamayo, params: Any, batches: list) -> tuple[dict[str, float], list]:
+    fn = jax.jit(lambda p, b: token_trajectories(model, p, b))
+    sums: dict[str, float] = {}
+    samples = []
+    for b in batches:
+        xy = fn(params, b)
+        samples.append(np.asarray(xy))
+        for k, v in evaluate.trajectory_metrics(
+            jnp.repeat(xy, 6, 1), b.future_xy_ba2, b.has_trajectory_b
+        ).items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return {k: v / len(batches) for k, v in sums.items()}, samples
+
+
 def cv_score(batches: list) -> dict[str, float]:
     """The constant-velocity baseline is deterministic: its 6 'samples' are one trajectory."""
     sums: dict[str, float] = {}
@@ -159,20 +202,36 @@ def plot_losses(histories: dict[str, list[dict]], path: pathlib.Path) -> None:
 
 
 def plot_trajectories(
-    batches: list, samples: list, texts: list[str], path: pathlib.Path, count: int = 4
+    batches: list, samples: list, token_samples: list, texts: list[str], path: pathlib.Path, count: int = 4
 ) -> None:
     count = min(count, len(batches))
     fig, axes = plt.subplots(1, count, figsize=(4.2 * count, 4.6))
-    for ax, b, xy, text in zip(
-        np.atleast_1d(axes), batches[:count], samples[:count], texts[:count], strict=True
-    ):
+    items = zip(
+        np.atleast_1d(axes),
+        batches[:count],
+        samples[:count],
+        token_samples[:count],
+        texts[:count],
+        strict=True,
+    )
+    for ax, b, xy, xy_tokens, text in items:
         hist = np.asarray(b.history_xyz_bh3[0])
         true = np.asarray(b.future_xy_ba2[0])
         cv = np.asarray(constant_velocity(jnp.asarray(b.history_xyz_bh3), true.shape[0])[0])
         ax.plot(-hist[:, 1], hist[:, 0], "k.-", ms=3, label="history")
         ax.plot(-true[:, 1], true[:, 0], "g-", lw=2.5, label="true future")
         for j, s in enumerate(xy[0]):
-            ax.plot(-s[:, 1], s[:, 0], "b-", alpha=0.45, lw=1, label="policy (6 samples)" if j == 0 else None)
+            ax.plot(
+                -s[:, 1],
+                s[:, 0],
+                "b-",
+                alpha=0.45,
+                lw=1,
+                label="policy (flow, 6 samples)" if j == 0 else None,
+            )
+        ax.plot(
+            -xy_tokens[0, 0, :, 1], xy_tokens[0, 0, :, 0], "m-", lw=1.5, label="policy (trajectory tokens)"
+        )
         ax.plot(-cv[:, 1], cv[:, 0], "r--", lw=1, label="constant velocity")
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel("right (m)")
@@ -198,14 +257,18 @@ def run(out: str | os.PathLike, cfg: DemoConfig = DemoConfig()) -> dict[str, Any
     rng = jax.random.key(123)
     untrained, _ = score(model, init, batches, rng)
     trained, samples = score(model, params, batches, rng)
+    tokens_untrained, _ = token_score(model, init, batches)
+    tokens_trained, token_samples = token_score(model, params, batches)
     baseline = cv_score(batches)
     tok = tokenizer_lib.load("sentencepiece", SP_MODEL, model_cfg)
     texts = [reasoning_text(b, tok, model_cfg.tokens.base_vocab_size) for b in batches]
     plot_losses(histories, out / "losses.png")
-    plot_trajectories(batches, samples, texts, out / "trajectories.png")
+    plot_trajectories(batches, samples, token_samples, texts, out / "trajectories.png")
     results = dict(
         untrained=untrained,
         trained=trained,
+        untrained_tokens=tokens_untrained,
+        trained_tokens=tokens_trained,
         constant_velocity=baseline,
         held_out=len(batches),
         seconds=time.time() - start,
@@ -217,7 +280,14 @@ def run(out: str | os.PathLike, cfg: DemoConfig = DemoConfig()) -> dict[str, Any
 
 def write_report(out: pathlib.Path, results: dict[str, Any], summary: dict, cfg: DemoConfig) -> None:
     key = "minADE_6"
-    rows = [(name, results[name]) for name in ("untrained", "trained", "constant_velocity")]
+    names = {
+        "untrained": "untrained, flow expert",
+        "trained": "trained, flow expert",
+        "untrained_tokens": "untrained, trajectory tokens",
+        "trained_tokens": "trained, trajectory tokens",
+        "constant_velocity": "constant velocity",
+    }
+    rows = [(label, results[name]) for name, label in names.items()]
     lines = [
         "# alpamayo_jax demo: the tiny policy on synthetic driving",
         "",
@@ -232,14 +302,19 @@ def write_report(out: pathlib.Path, results: dict[str, Any], summary: dict, cfg:
         lines.append(
             f"| {name} | {m[key]:.2f} | {m['ADE_1s']:.2f} | {m['ADE_3s']:.2f} | {m['FDE_6.4s']:.2f} |"
         )
-    t, u, c = results["trained"][key], results["untrained"][key], results["constant_velocity"][key]
+    c = results["constant_velocity"][key]
+    lines.append("")
+    for kind, label in (("", "flow expert"), ("_tokens", "trajectory tokens")):
+        t, u = results[f"trained{kind}"][key], results[f"untrained{kind}"][key]
+        lines.append(
+            f"- {label}: trained vs untrained {100 * (u - t) / u:+.0f}% lower minADE_6; trained vs constant "
+            f"velocity {100 * (c - t) / c:+.0f}% lower (negative means worse)."
+        )
     lines += [
         "",
-        f"Trained vs untrained: {100 * (u - t) / u:+.0f}% lower minADE_6; trained vs constant velocity: "
-        f"{100 * (c - t) / c:+.0f}% lower (negative means worse).",
-        "",
-        "The expert samples from the teacher-forced prefix (images, ego history, prompt and the clip's "
-        "ground-truth reasoning); ADE/FDE use the first of the 6 samples.",
+        "Both read the teacher-forced prefix (images, ego history, prompt and the clip's ground-truth "
+        "reasoning). The flow expert draws 6 samples (ADE/FDE use the first); the trajectory tokens are the "
+        "VLM's greedy 128-token decode, one deterministic trajectory (as is constant velocity).",
         "",
         "![losses](losses.png)",
         "",
