@@ -10,7 +10,7 @@ from tests.train_util import use_compilation_cache
 
 def test_demo_writes_a_report_with_every_policy(tmp_path, tmp_path_factory):
     use_compilation_cache(tmp_path_factory)
-    cfg = demo.DemoConfig(clips=5, steps=(1, 2, 2), batch=4)
+    cfg = demo.DemoConfig(clips=10, steps=(1, 2, 2), batch=8)
     results = demo.run(tmp_path, cfg)
     for name in ("untrained", "trained", "untrained_tokens", "trained_tokens", "constant_velocity"):
         assert np.isfinite(results[name]["minADE_6"]) and results[name]["minADE_6"] >= 0
