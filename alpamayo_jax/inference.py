@@ -105,10 +105,18 @@ def reason(
     return tokens, reasoning_len, cache, start + reasoning_len + 1
 
 
-def flow_sample(
-    cfg: AlpamayoConfig, params: Any, cache: KVCache, first_position_b: jax.Array, rng: jax.Array, steps: int
+def flow_from_prefix(
+    cfg: AlpamayoConfig,
+    params: Any,
+    prefix_k: jax.Array,
+    prefix_v: jax.Array,
+    prefix_valid_bp: jax.Array,
+    first_position_b: jax.Array,
+    rng: jax.Array,
+    steps: int,
 ) -> jax.Array:
-    """Euler flow from noise to normalised controls `[B, A, 2]`, reading the cached prefix K/V."""
+    """Euler flow from noise to normalised controls `[B, A, 2]`, reading per-layer prefix K/V
+    `[layers, B, K, P, D]` (a KV cache, or a training forward's K/V in evaluation)."""
     model = Alpamayo(cfg)
     batch = first_position_b.shape[0]
     noise = jax.random.normal(rng, (batch, cfg.expert.num_waypoints, 2), jnp.float32)
@@ -118,14 +126,21 @@ def flow_sample(
             {"params": params},
             x,
             jnp.full((batch,), t),
-            cache.k,
-            cache.v,
-            cache.valid_bs,
+            prefix_k,
+            prefix_v,
+            prefix_valid_bp,
             first_position_b,
             method=Alpamayo.velocity,
         )
 
     return flow_matching.euler_sample(velocity, noise, steps)
+
+
+def flow_sample(
+    cfg: AlpamayoConfig, params: Any, cache: KVCache, first_position_b: jax.Array, rng: jax.Array, steps: int
+) -> jax.Array:
+    """The flow sampler on a reasoning cache (prompt + reasoning + <|traj_future_start|>)."""
+    return flow_from_prefix(cfg, params, cache.k, cache.v, cache.valid_bs, first_position_b, rng, steps)
 
 
 def controls_to_trajectory(controls_ba2: jax.Array, history_xyz_bh3: jax.Array) -> dict[str, jax.Array]:

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 
 from alpamayo_jax import action_space
 from alpamayo_jax.data.batch import Batch
-from alpamayo_jax.inference import controls_to_trajectory
-from alpamayo_jax.models import flow_matching
+from alpamayo_jax.inference import controls_to_trajectory, flow_from_prefix
 from alpamayo_jax.models.alpamayo import Alpamayo
 
 HORIZONS_S = (1.0, 3.0, 6.4)
@@ -35,25 +34,10 @@ def sample_trajectories(
     """Sampled waypoints `[B, k, A, 2]` (t0 frame, metres)."""
     k, v = model.apply({"params": params}, batch, method=_prefix_kv)
     prefix_valid = model.apply({"params": params}, batch, method=Alpamayo.prefix_valid)
-    b = batch.tokens_bl.shape[0]
-    shape = (b, batch.controls_ba2.shape[1], 2)
 
     def one(key):
-        def velocity(x, t):
-            t_b = jnp.full((b,), t)
-            return model.apply(
-                {"params": params},
-                x,
-                t_b,
-                k,
-                v,
-                prefix_valid,
-                batch.expert_position_b,
-                method=Alpamayo.velocity,
-            )
-
-        controls = flow_matching.euler_sample(
-            velocity, jax.random.normal(key, shape, jnp.float32), flow_steps
+        controls = flow_from_prefix(
+            model.cfg, params, k, v, prefix_valid, batch.expert_position_b, key, flow_steps
         )
         return controls_to_trajectory(controls, batch.history_xyz_bh3)["xy"]
 
