@@ -32,6 +32,7 @@ _PARAM_NAMES = (
     "norm",
     "layers",
     "qkv",
+    "gate_up",
     "merged",
     "merged_out",
     "patch",

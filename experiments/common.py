@@ -28,13 +28,19 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     c.model.dtype = "float32" if tiny else "bfloat16"
     c.model.param_dtype = "float32"
     c.model.remat = "none" if tiny else "full"
+    c.model.attention = "auto"  # auto (cuDNN flash attention on GPUs, XLA elsewhere) | cudnn | xla
     c.model.loss_weights = ml_collections.ConfigDict(dict(text_ce=1.0, traj_ce=1.0, flow=1.0))
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "fake"
     c.data.global_batch = 8 if tiny else 256
-    c.data.seq_len = 256 if tiny else 3072
+    c.data.seq_len = 256 if tiny else 3328
     c.data.num_images = 2 if tiny else 16
+    # kind "fake": random batches of the release layout (20x36 patches = 320x576 pixels per image).
+    c.data.fake = ml_collections.ConfigDict()
+    c.data.fake.grid_hw = (4, 4) if tiny else (20, 36)
+    c.data.fake.prompt_len = 8 if tiny else 30
+    c.data.fake.reasoning_len = 6 if tiny else 40
     # kind "tfds": datasets built by tools/build_dataset.py, read through alpamayo_jax.data.pipeline.
     c.data.data_dir = ""
     c.data.sources = ()  # each dict(name=..., stage=0..3, weight=...)

@@ -212,9 +212,10 @@ def test_cached_prefix_gives_the_same_velocity_as_the_training_forward(setup):
         np.testing.assert_allclose(v_cache[b], v_full[0], atol=2e-4)
 
 
-def test_unstacked_inference_layout_matches_the_scanned_model(setup):
+@pytest.mark.parametrize("fused", [False, True])
+def test_unstacked_inference_layout_matches_the_scanned_model(setup, fused):
     cfg, batch, params = setup
-    flat_cfg = alpamayo.alpamayo_config("tiny", scan_layers=False)
+    flat_cfg = alpamayo.alpamayo_config("tiny", scan_layers=False, fused_projections=fused)
     flat = alpamayo.unstack_for_inference(params, flat_cfg)
     shapes = jax.eval_shape(
         lambda: nn.unbox(alpamayo.Alpamayo(flat_cfg).init(jax.random.key(0), batch, jax.random.key(1)))[

@@ -4,6 +4,9 @@
 
 `--what infer`: latency of the compiled policy at the release input shapes (vision, prefill, decode per
 token, flow per step, end to end), medians after warm-up, compile times apart.
+`--what train`: step time, tokens/s, MFU and memory of a stage's train step (`--stage`, `--remat`,
+`--batch`) at the release input shapes.
+`--what data`: samples/s of the input pipeline.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import argparse
 import json
 import sys
 
-from alpamayo_jax.benchmarks import data, infer
+from alpamayo_jax.benchmarks import data, infer, train
 
-BENCHMARKS = {"infer": infer.run, "data": data.run}
+BENCHMARKS = {"infer": infer.run, "data": data.run, "train": train.run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,17 +30,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--unroll", type=int, default=1, help="layers unrolled per scan step")
     parser.add_argument("--scan", action="store_true", help="stacked (training) layer layout")
+    parser.add_argument("--unfused", action="store_true", help="separate q/k/v and gate/up kernels")
+    parser.add_argument("--stage", default="stage2_coc_sft", help="train: experiment file (stage1/2)")
+    parser.add_argument("--remat", default="full", help="train: remat policy (none, full, dots, ...)")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
-    result = BENCHMARKS[args.what](
-        args.preset,
-        batch=args.batch,
-        reps=args.reps,
-        attention_impl=args.attention,
-        dtype=args.dtype,
-        unroll=args.unroll,
-        scan_layers=args.scan,
-    )
+    if args.what == "train":
+        result = train.run(args.preset, batch=args.batch, reps=args.reps, stage=args.stage, remat=args.remat)
+    else:
+        result = BENCHMARKS[args.what](
+            args.preset,
+            batch=args.batch,
+            reps=args.reps,
+            attention_impl=args.attention,
+            dtype=args.dtype,
+            unroll=args.unroll,
+            scan_layers=args.scan,
+            **({"fused_projections": not args.unfused} if args.what == "infer" else {}),
+        )
     if args.json:
         print(json.dumps(result))
     else:

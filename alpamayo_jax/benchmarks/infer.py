@@ -91,9 +91,10 @@ def run(
     dtype: str = "bfloat16",
     unroll: int = 1,
     scan_layers: bool = False,
+    fused_projections: bool = True,
 ) -> dict[str, Any]:
-    """`scan_layers=False` is the inference layout (one parameter set per layer); `unroll` applies to
-    scanned towers."""
+    """`scan_layers=False, fused_projections=True` is the inference layout (one parameter set per layer,
+    one qkv and one gate_up GEMM per layer); `unroll` applies to scanned towers."""
     if attention_impl is None:
         attention_impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
     cfg = alpamayo.alpamayo_config(
@@ -103,6 +104,7 @@ def run(
         attention_impl=attention_impl,
         scan_unroll=unroll,
         scan_layers=scan_layers,
+        fused_projections=fused_projections and not scan_layers,
     )
     params = init_params(cfg)
     prompt, history = release_prompt(cfg, batch, np.random.default_rng(0))
@@ -116,6 +118,7 @@ def run(
         batch=batch,
         dtype=dtype,
         attention_impl=attention_impl,
+        layout=dict(scan_layers=scan_layers, fused_projections=cfg.vlm.text.fused_projections),
         prefix_tokens=int(prompt.tokens_bl.shape[1]),
         vision_tokens=int((np.asarray(prompt.image_slots_bl) >= 0).sum() // batch),
         reasoning_tokens=n_reason,

@@ -43,6 +43,7 @@ class ExpertConfig:
     attention_impl: str | None = None
     scan_unroll: int = 1
     scan_layers: bool = True
+    fused_projections: bool = False
 
 
 def expert_config(text: TextConfig, width: int, mlp_dim: int, num_heads: int, **kw: Any) -> ExpertConfig:
@@ -62,6 +63,7 @@ def expert_config(text: TextConfig, width: int, mlp_dim: int, num_heads: int, **
         remat=text.remat,
         scan_unroll=text.scan_unroll,
         scan_layers=text.scan_layers,
+        fused_projections=text.fused_projections,
         **kw,
     )
 
@@ -78,15 +80,9 @@ class ExpertLayer(nn.Module):
         dense = dict(dtype=dtype, param_dtype=pdtype)
         h, i = carry
         x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="input_norm")(h)
-        q = layers.Dense((cfg.num_heads, cfg.head_dim), ("embed", "q_heads", "head_dim"), name="q", **dense)(
-            x
+        q, k, v = layers.qkv_projection(
+            x, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.fused_projections, **dense
         )
-        k = layers.Dense(
-            (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="k", **dense
-        )(x)
-        v = layers.Dense(
-            (cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), name="v", **dense
-        )(x)
         q = layers.apply_rotary(
             layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="q_norm")(q), cos_bad, sin_bad
         )
@@ -102,7 +98,7 @@ class ExpertLayer(nn.Module):
         out = out.reshape(*out.shape[:2], cfg.num_heads * cfg.head_dim)
         h = h + layers.Dense(cfg.width, ("q_heads_head_dim", "embed"), name="o", **dense)(out)
         x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="post_norm")(h)
-        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, name="mlp")(x)
+        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x)
         return (h, i + 1), None
 
 

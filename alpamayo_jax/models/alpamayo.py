@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from alpamayo_jax.data.batch import Batch
-from alpamayo_jax.models import flow_matching
+from alpamayo_jax.models import flow_matching, layers
 from alpamayo_jax.models.action_expert import ActionExpert, ExpertConfig, expert_config
 from alpamayo_jax.models.qwen3vl import Qwen3VL, Qwen3VLConfig, qwen3vl_config
 from alpamayo_jax.models.vlm import unstack_layers
@@ -97,13 +97,41 @@ def alpamayo_config(variant: str, **numerics: Any) -> AlpamayoConfig:
     return AlpamayoConfig(vlm=vlm, expert=expert, tokens=tokens, max_loss_tokens=v.get("max_loss_tokens"))
 
 
-def unstack_for_inference(params: Any, cfg: AlpamayoConfig) -> Any:
-    """Stacked (training / checkpoint) parameters -> the `scan_layers=False` layout of the text
-    decoder and the expert (vision stays scanned: it is compute-bound)."""
-    text = dict(
-        params["vlm"]["text"], layers=unstack_layers(params["vlm"]["text"]["layers"], cfg.vlm.text.num_layers)
+def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
+    """`cfg` in the inference layout: per-layer parameters and fused projections in the text decoder
+    and the expert (convert a checkpoint's parameters with `unstack_for_inference`)."""
+    flat = dict(scan_layers=False, fused_projections=True)
+    text = dataclasses.replace(cfg.vlm.text, **flat)
+    return dataclasses.replace(
+        cfg, vlm=dataclasses.replace(cfg.vlm, text=text), expert=dataclasses.replace(cfg.expert, **flat)
     )
-    expert = dict(params["expert"], layers=unstack_layers(params["expert"]["layers"], cfg.expert.num_layers))
+
+
+def unstack_for_inference(params: Any, cfg: AlpamayoConfig) -> Any:
+    """Stacked (training / checkpoint) parameters -> the inference layout of `cfg`: one parameter set
+    per layer for the text decoder and the expert (`scan_layers=False`; vision stays scanned: it is
+    compute-bound), with fused qkv / gate_up kernels when `fused_projections`."""
+    text_cfg, expert_cfg = cfg.vlm.text, cfg.expert
+
+    def layer(p: dict, attn: str | None, heads: int) -> dict:
+        if not text_cfg.fused_projections:
+            return p
+        p = dict(p, mlp=layers.fuse_gate_up_params(p["mlp"]))
+        if attn is None:
+            return layers.fuse_qkv_params(p, heads, text_cfg.num_kv_heads)
+        return dict(p, **{attn: layers.fuse_qkv_params(p[attn], heads, text_cfg.num_kv_heads)})
+
+    def flat(stacked: Any, num_layers: int, attn: str | None, heads: int) -> dict:
+        return {i: layer(p, attn, heads) for i, p in unstack_layers(stacked, num_layers).items()}
+
+    text = dict(
+        params["vlm"]["text"],
+        layers=flat(params["vlm"]["text"]["layers"], text_cfg.num_layers, "attn", text_cfg.num_heads),
+    )
+    expert = dict(
+        params["expert"],
+        layers=flat(params["expert"]["layers"], expert_cfg.num_layers, None, expert_cfg.num_heads),
+    )
     return dict(params, vlm=dict(params["vlm"], text=text), expert=expert)
 
 

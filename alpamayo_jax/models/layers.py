@@ -242,3 +242,45 @@ def two_part_attention(
     out += jnp.einsum("bkglt,bktd->bkgld", p2.astype(v2_bktd.dtype), v2_bktd, preferred_element_type=f32)
     out = out / denom[..., None]
     return jnp.moveaxis(out, 3, 1).reshape(b, length, h, d).astype(q_blhd.dtype)
+
+
+# ----------------------------------------------------------------------------- fused projections
+
+
+def qkv_projection(
+    x_bld: jax.Array, num_heads: int, num_kv_heads: int, head_dim: int, fused: bool, **dense: Any
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q `[B, L, H, D]`, k and v `[B, L, K, D]` from x (call inside a compact module).
+
+    Unfused: three kernels `q`, `k`, `v` (the checkpoint layout). Fused (inference): one kernel `qkv`
+    `[E, K, H/K + 2, D]` holding, per KV head, its H/K query heads then its key and value, so a decode
+    step reads all three in one GEMM and a tensor-parallel split over KV heads keeps groups together.
+    """
+    if not fused:
+        q = Dense((num_heads, head_dim), ("embed", "q_heads", "head_dim"), name="q", **dense)(x_bld)
+        k = Dense((num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), name="k", **dense)(x_bld)
+        v = Dense((num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), name="v", **dense)(x_bld)
+        return q, k, v
+    group = num_heads // num_kv_heads
+    qkv = Dense(
+        (num_kv_heads, group + 2, head_dim), ("embed", "kv_heads", "qkv", "head_dim"), name="qkv", **dense
+    )(x_bld)
+    q = qkv[..., :group, :].reshape(*x_bld.shape[:-1], num_heads, head_dim)
+    return q, qkv[..., group, :], qkv[..., group + 1, :]
+
+
+def fuse_qkv_params(p: dict, num_heads: int, num_kv_heads: int) -> dict:
+    """Module params with kernels q, k, v -> with the fused `qkv` kernel of `qkv_projection`."""
+    q, k, v = (p[name]["kernel"] for name in ("q", "k", "v"))
+    e, d = q.shape[0], q.shape[-1]
+    q = q.reshape(e, num_kv_heads, num_heads // num_kv_heads, d)
+    kernel = jnp.concatenate([q, k[:, :, None], v[:, :, None]], axis=2)
+    rest = {name: value for name, value in p.items() if name not in ("q", "k", "v")}
+    return {**rest, "qkv": {"kernel": kernel}}
+
+
+def fuse_gate_up_params(p: dict) -> dict:
+    """MLP params with kernels gate, up `[E, M]` -> the fused `gate_up` kernel `[E, 2, M]`."""
+    kernel = jnp.stack([p["gate"]["kernel"], p["up"]["kernel"]], axis=1)
+    rest = {name: value for name, value in p.items() if name not in ("gate", "up")}
+    return {**rest, "gate_up": {"kernel": kernel}}

@@ -40,6 +40,7 @@ class TextConfig:
     attention_impl: str | None = None
     scan_unroll: int = 1  # layers unrolled per scan step
     scan_layers: bool = True  # False: one parameter set per layer (inference: no per-layer weight slicing)
+    fused_projections: bool = False  # True: one qkv and one gate_up kernel per layer (inference layout)
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -134,11 +135,9 @@ class Attention(nn.Module):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dense = dict(dtype=dtype, param_dtype=pdtype)
-        heads = (cfg.num_heads, cfg.head_dim)
-        kv_heads = (cfg.num_kv_heads, cfg.head_dim)
-        q = layers.Dense(heads, ("embed", "q_heads", "head_dim"), name="q", **dense)(x_bld)
-        k = layers.Dense(kv_heads, ("embed", "kv_heads", "head_dim"), name="k", **dense)(x_bld)
-        v = layers.Dense(kv_heads, ("embed", "kv_heads", "head_dim"), name="v", **dense)(x_bld)
+        q, k, v = layers.qkv_projection(
+            x_bld, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.fused_projections, **dense
+        )
         q = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="q_norm")(q)
         k = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="k_norm")(k)
         q = layers.apply_rotary(q, cos_bld, sin_bld)
@@ -156,18 +155,23 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); `fused`: gate and up in one `[E, 2, M]` kernel."""
 
     width: int
     mlp_dim: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    fused: bool = False
 
     @nn.compact
     def __call__(self, x):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        gate = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="gate", **kw)(x)
-        up = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="up", **kw)(x)
+        if self.fused:
+            gate_up = layers.Dense((2, self.mlp_dim), ("embed", "gate_up", "mlp"), name="gate_up", **kw)(x)
+            gate, up = gate_up[..., 0, :], gate_up[..., 1, :]
+        else:
+            gate = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="gate", **kw)(x)
+            up = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="up", **kw)(x)
         h = layers.constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
         return layers.Dense(self.width, ("mlp", "embed"), name="down", **kw)(h)
 
@@ -191,7 +195,7 @@ class DecoderLayer(nn.Module):
         attn, kv = Attention(cfg, name="attn")(x, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs)
         h = h + attn
         x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="post_norm")(h)
-        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, name="mlp")(x)
+        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x)
         if deepstack_nbld is not None:
             n = deepstack_nbld.shape[0]
             add = jax.lax.dynamic_index_in_dim(deepstack_nbld, jnp.minimum(i, n - 1), keepdims=False)

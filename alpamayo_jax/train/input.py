@@ -17,11 +17,12 @@ from alpamayo_jax.data.batch import Batch
 
 class FakeBatches:
     """Random well-formed batches (`batch.fake`), a pure function of (seed, position, host): resuming
-    at a position reproduces the batches exactly."""
+    at a position reproduces the batches exactly. `shape`: `fake(...)` keywords (num_images, grid_hw,
+    prompt_len, reasoning_len, length)."""
 
-    def __init__(self, model_cfg: Any, batch_size: int, seq_len: int, num_images: int, seed: int):
-        self.model_cfg, self.batch_size, self.seq_len = model_cfg, batch_size, seq_len
-        self.num_images, self.seed, self.position = num_images, seed, 0
+    def __init__(self, model_cfg: Any, batch_size: int, seed: int, **shape: Any):
+        self.model_cfg, self.batch_size, self.shape = model_cfg, batch_size, shape
+        self.seed, self.position = seed, 0
 
     def __iter__(self) -> FakeBatches:
         return self
@@ -29,9 +30,7 @@ class FakeBatches:
     def __next__(self) -> Batch:
         seed = (self.seed * 1_000_003 + self.position) * jax.process_count() + jax.process_index()
         self.position += 1
-        return batch_lib.fake(
-            self.model_cfg, self.batch_size, seed=seed, num_images=self.num_images, length=self.seq_len
-        )
+        return batch_lib.fake(self.model_cfg, self.batch_size, seed=seed, **self.shape)
 
     def get_state(self) -> dict[str, int]:
         return {"position": self.position, "seed": self.seed}
@@ -66,7 +65,16 @@ def make_input(data: Any, model_cfg: Any, seed: int, train: bool = True) -> Any:
     local = data.global_batch // jax.process_count()
     split = data.train_split if train else data.eval_split
     kinds = {
-        "fake": lambda: FakeBatches(model_cfg, local, data.seq_len, data.num_images, seed),
+        "fake": lambda: FakeBatches(
+            model_cfg,
+            local,
+            seed,
+            num_images=data.num_images,
+            grid_hw=tuple(data.fake.grid_hw),
+            prompt_len=data.fake.prompt_len,
+            reasoning_len=data.fake.reasoning_len,
+            length=data.seq_len,
+        ),
         "tfds": lambda: pipeline.make_loader(
             pipeline_config(data, local, seed, split), model_cfg, jax.process_index(), jax.process_count()
         ),

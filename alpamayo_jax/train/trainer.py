@@ -5,11 +5,13 @@ A stage differs only by its config (experiments/*.py): trainable filter, loss we
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -42,8 +44,24 @@ def mesh_of(mesh_cfg: Any) -> jax.sharding.Mesh:
     return sharding.make_mesh(shape, devices)
 
 
+def attention_impl_of(name: str) -> str | None:
+    """`model.attention`: "auto" is cuDNN flash attention on GPUs and XLA's elsewhere."""
+    known = ("auto", "cudnn", "xla")
+    if name not in known:
+        raise ValueError(f"model.attention {name!r}; known: {known}")
+    if name == "auto":
+        return "cudnn" if jax.default_backend() == "gpu" else None
+    return None if name == "xla" else name
+
+
 def model_config_of(model: Any):
-    return alpamayo_config(model.variant, dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat)
+    return alpamayo_config(
+        model.variant,
+        dtype=model.dtype,
+        param_dtype=model.param_dtype,
+        remat=model.remat,
+        attention_impl=attention_impl_of(model.attention),
+    )
 
 
 def host_to_global(batch: Any, shardings: Any) -> Any:
@@ -85,13 +103,34 @@ def check_paths(config: Any) -> None:
             raise FileNotFoundError(f"{field}: checkpoint {path} does not exist")
 
 
-def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]]:
-    """Trains `config` in `workdir` (resuming from its checkpoints); returns the final state and the
-    logged metrics (one dict per step)."""
-    check_paths(config)
-    os.makedirs(workdir, exist_ok=True)
-    config_json = config.to_json_best_effort(indent=2)
-    # Mesh.
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything a run needs before its first step: mesh and rules, the model, the abstract state and
+    its shardings, the jitted init / train step / eval, and the input iterators."""
+
+    mesh: jax.sharding.Mesh
+    rules: Any
+    model: Alpamayo
+    global_example: Any
+    batch_sh: Any
+    params_sh: Any
+    abstract_state: TrainState
+    spec_for: Callable[[str, tuple], NamedSharding]
+    init: Callable[[], TrainState]
+    step_jit: Any
+    eval_fn: Any
+    train_iter: Any
+    eval_iter: Any
+
+    def compile_step(self) -> Any:
+        """Ahead-of-time compile of the train step (once)."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+            return self.step_jit.lower(self.abstract_state, self.global_example, key).compile()
+
+
+def build(config: Any) -> Setup:
+    """Mesh, input, model, shardings and the jitted functions of `config` (no compute yet)."""
     mesh = mesh_of(config.mesh)
     rules = sharding.rules_for(config.mesh.rules)
     sharding.check_batch_divides(config.data.global_batch, mesh)
@@ -175,13 +214,32 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
         donate_argnums=0,
     )
     eval_fn = jax.jit(eval_step, in_shardings=(params_sh, batch_sh, replicated), out_shardings=replicated)
+    return Setup(
+        mesh=mesh,
+        rules=rules,
+        model=model,
+        global_example=global_example,
+        batch_sh=batch_sh,
+        params_sh=params_sh,
+        abstract_state=abstract_state,
+        spec_for=spec_for,
+        init=jitted_init,
+        step_jit=step_jit,
+        eval_fn=eval_fn,
+        train_iter=train_iter,
+        eval_iter=eval_iter,
+    )
 
-    def compile_step() -> Any:
-        """Ahead-of-time compile (once), only when there are steps left to run."""
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
-            return step_jit.lower(abstract_state, global_example, key).compile()
 
+def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]]:
+    """Trains `config` in `workdir` (resuming from its checkpoints); returns the final state and the
+    logged metrics (one dict per step)."""
+    check_paths(config)
+    os.makedirs(workdir, exist_ok=True)
+    config_json = config.to_json_best_effort(indent=2)
+    run = build(config)
+    mesh, rules, batch_sh = run.mesh, run.rules, run.batch_sh
+    train_iter, eval_iter = run.train_iter, run.eval_iter
     # Checkpoint.
     mngr = checkpoint.manager(
         os.path.join(workdir, "checkpoints"),
@@ -190,7 +248,9 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
         config.checkpoint.keep_every,
         config.checkpoint.async_save,
     )
-    state, data_state, source = checkpoint.resume_or_init(mngr, config, jitted_init, abstract_state, spec_for)
+    state, data_state, source = checkpoint.resume_or_init(
+        mngr, config, run.init, run.abstract_state, run.spec_for
+    )
     if data_state is not None:
         train_iter.set_state(data_state)
     log(source)
@@ -204,7 +264,7 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
             batch = host_to_global(next(eval_iter), batch_sh)
             with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
                 out = jax.device_get(
-                    eval_fn(params, batch, jax.random.fold_in(jax.random.key(config.seed), i))
+                    run.eval_fn(params, batch, jax.random.fold_in(jax.random.key(config.seed), i))
                 )
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / config.eval.num_batches
@@ -216,7 +276,7 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
     history: list[dict[str, float]] = []
     pending: list[tuple[int, dict[str, jax.Array], int]] = []
     first_step = int(state.step)
-    step_fn = compile_step() if first_step < config.total_steps else None
+    step_fn = run.compile_step() if first_step < config.total_steps else None
     step_flops = flops_of(step_fn) if step_fn is not None else 0.0
     started = time.time()
     last_log = (time.time(), first_step)
