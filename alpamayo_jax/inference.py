@@ -69,12 +69,7 @@ def reason(
     logits, cache = generation.prefill(vlm, vlm_params, prompt, cache_size)
     k = icfg.num_samples
     logits = jnp.repeat(logits, k, axis=0)
-    cache = KVCache(
-        k=jnp.repeat(cache.k, k, 1),
-        v=jnp.repeat(cache.v, k, 1),
-        valid_bs=jnp.repeat(cache.valid_bs, k, 0),
-        index=cache.index,
-    )
+    cache = cache.repeat(k)
     start = jnp.repeat(prompt.next_position_b, k, axis=0)
     sampling = generation.SamplingConfig(icfg.temperature, icfg.top_p, stop)
     tokens, lengths, cache = generation.decode(

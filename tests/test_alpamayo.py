@@ -235,7 +235,9 @@ def test_unstacked_inference_layout_matches_the_scanned_model(setup, fused):
     tokens_b, _, cache_b, first_b = inference.reason(flat_cfg, icfg, flat, prompt, jax.random.key(0))
     np.testing.assert_array_equal(tokens_a, tokens_b)
     np.testing.assert_array_equal(first_a, first_b)
-    np.testing.assert_allclose(cache_a.k, cache_b.k, atol=1e-5)
+    assert isinstance(cache_b.k, tuple) and len(cache_b.k) == cfg.vlm.text.num_layers  # per-layer buffers
+    np.testing.assert_allclose(cache_a.k, np.stack(cache_b.k), atol=1e-5)
+    np.testing.assert_allclose(cache_a.v, np.stack(cache_b.v), atol=1e-5)
     x = jax.random.normal(jax.random.key(5), (2, 64, 2))
     t = jnp.array([0.3, 0.7])
     velocity = alpamayo.Alpamayo.velocity
@@ -243,6 +245,6 @@ def test_unstacked_inference_layout_matches_the_scanned_model(setup, fused):
         {"params": params}, x, t, cache_a.k, cache_a.v, cache_a.valid_bs, first_a, method=velocity
     )
     vb = alpamayo.Alpamayo(flat_cfg).apply(
-        {"params": flat}, x, t, cache_a.k, cache_a.v, cache_a.valid_bs, first_a, method=velocity
+        {"params": flat}, x, t, cache_b.k, cache_b.v, cache_b.valid_bs, first_b, method=velocity
     )
     np.testing.assert_allclose(va, vb, atol=1e-5)

@@ -98,25 +98,55 @@ REMAT_POLICIES = {
 class KVCache:
     """Fixed-size per-layer key/value buffers.
 
-    k, v: `[layers, B, K, S, D]` (kv-head major, so attention reads them without a transpose);
-    `valid_bs` marks filled slots that may be attended (padding and unused slots are False); `index` is
-    the next slot to write (shared by the batch; per-sample lengths live in `valid_bs`).
+    k, v: `[layers, B, K, S, D]` (kv-head major, so attention reads them without a transpose) for the
+    scanned layout, or a tuple of per-layer `[B, K, S, D]` buffers for the per-layer inference layout
+    (`scan_layers=False`: a layer reads its buffer in place; slicing one layer out of a stack is a
+    copy of that layer's cache on every decode step). `valid_bs` marks filled slots that may be
+    attended (padding and unused slots are False); `index` is the next slot to write (shared by the
+    batch; per-sample lengths live in `valid_bs`).
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
     valid_bs: jax.Array
     index: jax.Array
 
     @classmethod
     def zeros(cls, cfg: TextConfig, batch: int, size: int, dtype: Any = None) -> KVCache:
         dtype = layers.dtype_of(dtype or cfg.dtype)
-        shape = (cfg.num_layers, batch, cfg.num_kv_heads, size, cfg.head_dim)
-        return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
-            valid_bs=jnp.zeros((batch, size), bool),
-            index=jnp.zeros((), jnp.int32),
+        shape = (batch, cfg.num_kv_heads, size, cfg.head_dim)
+        if cfg.scan_layers:
+            k = v = jnp.zeros((cfg.num_layers, *shape), dtype)
+        else:
+            k = v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        return cls(k=k, v=v, valid_bs=jnp.zeros((batch, size), bool), index=jnp.zeros((), jnp.int32))
+
+    def write(self, k_nbkld: jax.Array, v_nbkld: jax.Array, valid_bl: jax.Array) -> KVCache:
+        """Writes every layer's new keys/values `[layers, B, K, L, D]` at slot `index`; advances it."""
+
+        def put(buf, new):
+            if isinstance(buf, tuple):
+                return tuple(put(b, new[i]) for i, b in enumerate(buf))
+            return jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), self.index, axis=-2)
+
+        return KVCache(
+            k=put(self.k, k_nbkld),
+            v=put(self.v, v_nbkld),
+            valid_bs=jax.lax.dynamic_update_slice_in_dim(self.valid_bs, valid_bl, self.index, axis=1),
+            index=self.index + valid_bl.shape[1],
+        )
+
+    def repeat(self, n: int) -> KVCache:
+        """Each sample's cache repeated n times along the batch (k samples per scene)."""
+
+        def rep(x):  # along B of [..., B, K, S, D]
+            return jnp.repeat(x, n, axis=-4)
+
+        return KVCache(
+            k=jax.tree_util.tree_map(rep, self.k),
+            v=jax.tree_util.tree_map(rep, self.v),
+            valid_bs=jnp.repeat(self.valid_bs, n, axis=0),
+            index=self.index,
         )
 
 
@@ -252,15 +282,19 @@ class LayerLoop(nn.Module):
         axes = self.in_axes if isinstance(self.in_axes, tuple) else (self.in_axes,) * len(args)
         ys = []
         for i in range(self.num_layers):
-            layer_args = [
-                jax.tree_util.tree_map(lambda x, i=i: x[i], a) if ax == 0 else a
-                for a, ax in zip(args, axes, strict=True)
-            ]
+            layer_args = [_layer_slice(a, i) if ax == 0 else a for a, ax in zip(args, axes, strict=True)]
             carry, y = self.layer_cls(self.cfg, name=str(i))(carry, *layer_args)
             ys.append(y)
         if all(y is None for y in ys):
             return carry, None
         return carry, jax.tree_util.tree_map(lambda *y: jnp.stack(y), *ys)
+
+
+def _layer_slice(x: Any, i: int) -> Any:
+    """Layer i of a per-layer argument: the i-th of a tuple of buffers, or row i of stacked arrays."""
+    if isinstance(x, tuple):
+        return x[i]
+    return jax.tree_util.tree_map(lambda a: a[i], x)
 
 
 def unstack_layers(params: Any, num_layers: int) -> Any:
@@ -344,9 +378,4 @@ class TextDecoder(nn.Module):
         h = self.norm(h)
         if cache is None:
             return h, kv
-        return h, KVCache(
-            k=jax.lax.dynamic_update_slice_in_dim(cache.k, kv[0].astype(cache.k.dtype), cache.index, axis=3),
-            v=jax.lax.dynamic_update_slice_in_dim(cache.v, kv[1].astype(cache.v.dtype), cache.index, axis=3),
-            valid_bs=jax.lax.dynamic_update_slice_in_dim(cache.valid_bs, valid_bl, cache.index, axis=1),
-            index=cache.index + length,
-        )
+        return h, cache.write(kv[0], kv[1], valid_bl)
