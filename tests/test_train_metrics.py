@@ -16,6 +16,7 @@ from alpamayo_jax import sharding
 from alpamayo_jax.data import batch as batch_lib
 from alpamayo_jax.models import alpamayo
 from alpamayo_jax.train import evaluate, metric_collections, metrics, trainer
+from tests.train_util import tiny_config, use_compilation_cache
 
 
 def read_records(path):
@@ -185,3 +186,16 @@ def test_eval_metrics_average_over_samples_with_a_trajectory():
     none = batches[0][0].replace(has_trajectory_b=np.zeros(4, bool))
     alone = metric_collections.eval_metrics(out, none, None, 3).compute()
     assert float(alone["minADE_3"]) == 0.0 and float(alone["FDE_6.4s"]) == 0.0
+
+
+def test_trainer_logs_the_mean_of_the_steps_since_the_last_log_point(tmp_path, tmp_path_factory):
+    use_compilation_cache(tmp_path_factory)
+    _, every = trainer.train(tiny_config("stage0_vlm_vqa", 2), str(tmp_path / "every"))
+    config = tiny_config("stage0_vlm_vqa", 2)
+    config.log_every = 2
+    _, merged = trainer.train(config, str(tmp_path / "merged"))
+    lines = [json.loads(x) for x in (tmp_path / "merged" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in every] == [1, 2] and [r["step"] for r in lines] == [2] and lines == merged
+    for name in ("loss", "grad_norm", "param_norm", "loss_tokens_dropped"):
+        assert merged[0][name] == pytest.approx(np.mean([h[name] for h in every]), rel=1e-6), name
+    assert merged[0]["tokens_per_s"] > 0 and merged[0]["steps_per_s"] > 0
