@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from clu import metrics as clu_metrics
 
 from alpamayo_jax.train import evaluate, optimizer, step, trainer
 from alpamayo_jax.train.state import TrainState
@@ -87,9 +88,18 @@ class Toy(nn.Module):
 def test_train_step_weights_losses_and_tracks_ema():
     params = {"w": jnp.ones(2)}
     tx = optimizer.make_optimizer(optim_cfg(lr_multipliers=()), trainable_cfg(), params, 10)
-    fn = step.make_train_step(Toy(), tx, {"mse": 2.0}, {"w": True}, ema_decay=0.5)
+    toy_metrics = clu_metrics.Collection.create(
+        loss=clu_metrics.Average.from_output("loss"), grad_norm=clu_metrics.Average.from_output("grad_norm")
+    )
+
+    def collect(outputs, batch):
+        assert batch.shape == (2,)
+        return toy_metrics.single_from_model_output(**outputs)
+
+    fn = step.make_train_step(Toy(), tx, {"mse": 2.0}, {"w": True}, collect, ema_decay=0.5)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jnp.zeros(2, jnp.uint32), params)
-    new, metrics = jax.jit(fn)(state, jnp.array([3.0, 3.0]), jax.random.key(0))
+    new, collection = jax.jit(fn)(state, jnp.array([3.0, 3.0]), jax.random.key(0))
+    metrics = collection.compute()
     assert float(metrics["loss"]) == pytest.approx(2 * 4.0)
     assert float(metrics["grad_norm"]) == pytest.approx(np.hypot(12.0, 12.0))
     np.testing.assert_allclose(new.params["w"], 0.9, rtol=1e-5)

@@ -45,28 +45,36 @@ def sample_trajectories(
     return jnp.moveaxis(xy_kba2, 0, 1)
 
 
-def trajectory_metrics(
-    xy_bka2: jax.Array, true_ba2: jax.Array, has_traj_b: jax.Array, horizons_s: Sequence[float] = HORIZONS_S
+def trajectory_errors(
+    xy_bka2: jax.Array, true_ba2: jax.Array, horizons_s: Sequence[float] = HORIZONS_S
 ) -> dict[str, jax.Array]:
-    """minADE_k over the full horizon, and ADE / FDE at each horizon of the first sample, averaged
-    over samples with a trajectory."""
+    """Per-sample errors `[B]` (metres): minADE_k over the full horizon, and ADE / FDE of the first
+    sample at each horizon."""
     dist_bka = jnp.linalg.norm(xy_bka2 - true_ba2[:, None], axis=-1)
-    w = has_traj_b.astype(jnp.float32)
-    denom = jnp.maximum(w.sum(), 1.0)
     k = xy_bka2.shape[1]
-    out = {f"minADE_{k}": (dist_bka.mean(-1).min(1) * w).sum() / denom}
+    out = {f"minADE_{k}": dist_bka.mean(-1).min(1)}
     for h in horizons_s:
         n = round(h / action_space.DT)
-        out[f"ADE_{h:g}s"] = (dist_bka[:, 0, :n].mean(-1) * w).sum() / denom
-        out[f"FDE_{h:g}s"] = (dist_bka[:, 0, n - 1] * w).sum() / denom
+        out[f"ADE_{h:g}s"] = dist_bka[:, 0, :n].mean(-1)
+        out[f"FDE_{h:g}s"] = dist_bka[:, 0, n - 1]
     return out
 
 
+def trajectory_metrics(
+    xy_bka2: jax.Array, true_ba2: jax.Array, has_traj_b: jax.Array, horizons_s: Sequence[float] = HORIZONS_S
+) -> dict[str, jax.Array]:
+    """`trajectory_errors` averaged over the samples with a trajectory (0 when there is none)."""
+    w = has_traj_b.astype(jnp.float32)
+    denom = jnp.maximum(w.sum(), 1.0)
+    errors = trajectory_errors(xy_bka2, true_ba2, horizons_s)
+    return {name: jnp.where(w > 0, e * w, 0.0).sum() / denom for name, e in errors.items()}
+
+
 def make_trajectory_eval(model: Alpamayo, num_samples: int, flow_steps: int):
-    """`fn(params, batch, rng) -> metrics` for `jax.jit`."""
+    """`fn(params, batch, rng) -> per-sample errors [B]` (`trajectory_errors`) for `jax.jit`."""
 
     def fn(params: Any, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
         xy = sample_trajectories(model, params, batch, rng, num_samples, flow_steps)
-        return trajectory_metrics(xy, batch.future_xy_ba2, batch.has_trajectory_b)
+        return trajectory_errors(xy, batch.future_xy_ba2)
 
     return fn

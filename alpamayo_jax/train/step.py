@@ -1,4 +1,5 @@
-"""The pure training step: loss = sum of weighted per-kind losses, one optimizer update, fail-loud values."""
+"""The pure training step: loss = sum of weighted per-kind losses, one optimizer update, and the step's
+`clu.metrics` collection."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from clu import metrics as clu_metrics
 
 from alpamayo_jax.data.batch import Batch
 from alpamayo_jax.train.state import TrainState
 
-StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, clu_metrics.Collection]]
+Collect = Callable[[dict[str, jax.Array], Any], clu_metrics.Collection]
 
 
 def weighted_loss(losses: Mapping[str, jax.Array], weights: Mapping[str, float]) -> jax.Array:
@@ -31,19 +34,21 @@ def make_train_step(
     tx: optax.GradientTransformation,
     loss_weights: Mapping[str, float],
     trainable: Any,
+    collect: Collect,
     ema_decay: float = 0.0,
 ) -> StepFn:
     """`train_step(state, batch, rng) -> (state, metrics)`.
 
     trainable: bool tree like params; frozen parameters are cut with `stop_gradient`, so their
-    gradients are never computed. Metrics: every model output, `loss`, `grad_norm` (trainable
-    parameters, before clipping) and `param_norm`.
+    gradients are never computed. collect: `(outputs, batch) -> Collection` of the step (e.g.
+    `metric_collections.train_metrics`), where outputs are every model output, `loss`, `grad_norm`
+    (trainable parameters, before clipping) and `param_norm`.
     """
     weights = dict(loss_weights)
 
     def train_step(
         state: TrainState, batch: Batch, rng: jax.Array
-    ) -> tuple[TrainState, dict[str, jax.Array]]:
+    ) -> tuple[TrainState, clu_metrics.Collection]:
         def loss_fn(params):
             params = jax.tree_util.tree_map(
                 lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable
@@ -57,14 +62,14 @@ def make_train_step(
         ema = state.ema
         if ema is not None:
             ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
-        metrics = dict(
+        outputs = dict(
             out,
             loss=loss,
             grad_norm=optax.global_norm(grads),
             param_norm=optax.global_norm(params),
         )
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
-        return new_state, metrics
+        return new_state, collect(outputs, batch)
 
     return train_step
 

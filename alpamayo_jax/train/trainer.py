@@ -6,6 +6,7 @@ A stage differs only by its config (experiments/*.py): trainable filter, loss we
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -18,11 +19,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from clu import parameter_overview
 from jax.sharding import NamedSharding, PartitionSpec
 
 from alpamayo_jax import sharding
 from alpamayo_jax.models.alpamayo import Alpamayo, alpamayo_config
-from alpamayo_jax.train import checkpoint, optimizer
+from alpamayo_jax.train import checkpoint, metric_collections, optimizer
 from alpamayo_jax.train.evaluate import make_trajectory_eval
 from alpamayo_jax.train.input import make_input
 from alpamayo_jax.train.metrics import MetricWriter
@@ -85,12 +87,38 @@ def check_finite(step: int, metrics: dict[str, float]) -> None:
             raise FloatingPointError(f"step {step}: {name} is {metrics[name]}; stopping the run")
 
 
+def interval_record(
+    steps: list[tuple[int, Any]], seconds: float, tokens: int, step_flops: float, peak_flops: float
+) -> dict[str, float]:
+    """One log record from the per-step collections `(step, TrainMetrics)` since the last log point
+    (which took `seconds` and consumed `tokens`): the merged collection's values, steps/s, tokens/s and
+    (when both FLOP numbers are known) MFU. A non-finite loss or grad norm stops the run naming its step.
+    """
+    host = jax.device_get([m for _, m in steps])
+    for (step, _), m in zip(steps, host, strict=True):
+        check_finite(step, {k: float(getattr(m, k).compute()) for k in ("loss", "grad_norm")})
+    record = metric_collections.to_floats(metric_collections.merge_all(host))
+    seconds = max(seconds, 1e-9)
+    record.update(steps_per_s=len(steps) / seconds, tokens_per_s=tokens / seconds)
+    if peak_flops > 0 and step_flops > 0:
+        record["mfu"] = step_flops * len(steps) / seconds / peak_flops
+    return record
+
+
 def progress(step: int, total: int, metrics: dict[str, float], started: float, first_step: int) -> str:
     done = step - first_step
     rate = done / max(time.time() - started, 1e-9)
     eta = (total - step) / rate if rate > 0 else float("inf")
     eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
     return f"step {step}/{total} loss {metrics['loss']:.4f} {rate:.2f} steps/s ETA {eta_s}"
+
+
+def parameter_table(params: Any, trainable: Any) -> str:
+    """clu's table of the parameters (name, shape, dtype, size, sharding) and the trainable count."""
+    sizes = jax.tree.map(lambda x, t: math.prod(x.shape) if t else 0, params, trainable)
+    total = parameter_overview.count_parameters(params)
+    table = parameter_overview.get_parameter_overview(params, include_stats="sharding")
+    return f"{table}\ntrainable: {sum(jax.tree.leaves(sizes)):,} of {total:,} parameters"
 
 
 def check_paths(config: Any) -> None:
@@ -186,6 +214,7 @@ def build(config: Any) -> Setup:
     abstract_state = jax.tree_util.tree_map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sh
     )
+    log(parameter_table(abstract_state.params, trainable))
     specs = {optimizer.path_str(p): s.spec for p, s in jax.tree_util.tree_leaves_with_path(params_sh)}
 
     def spec_for(path: str, shape: tuple) -> NamedSharding:
@@ -198,14 +227,17 @@ def build(config: Any) -> Setup:
             return jax.jit(init_fn, out_shardings=state_sh)()
 
     # Step: jitted once with explicit shardings, state donated.
+    max_loss_tokens = model_cfg.max_loss_tokens
+    collect = functools.partial(metric_collections.train_metrics, max_loss_tokens=max_loss_tokens)
     train_step = make_train_step(
-        model, tx, dict(config.model.loss_weights), trainable, config.optim.ema_decay
+        model, tx, dict(config.model.loss_weights), trainable, collect, config.optim.ema_decay
     )
     ce_eval = make_eval_step(model, dict(config.model.loss_weights))
     traj_eval = make_trajectory_eval(model, config.eval.num_samples, config.eval.flow_steps)
 
-    def eval_step(params: Any, batch: Any, rng: jax.Array) -> dict[str, jax.Array]:
-        return {**ce_eval(params, batch, rng), **traj_eval(params, batch, rng)}
+    def eval_step(params: Any, batch: Any, rng: jax.Array) -> metric_collections.Collection:
+        out = {**ce_eval(params, batch, rng), **traj_eval(params, batch, rng)}
+        return metric_collections.eval_metrics(out, batch, max_loss_tokens, config.eval.num_samples)
 
     step_jit = jax.jit(
         train_step,
@@ -258,53 +290,46 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
     # Eval.
 
     def evaluate(params: Any, step: int) -> dict[str, float]:
-        sums: dict[str, float] = {}
+        """EvalMetrics merged over `eval.num_batches` held-out batches (the same ones every time)."""
+        batches = []
         eval_iter.set_state({"position": 0, "seed": config.seed + 1})
         for i in range(config.eval.num_batches):
             batch = host_to_global(next(eval_iter), batch_sh)
             with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-                out = jax.device_get(
-                    run.eval_fn(params, batch, jax.random.fold_in(jax.random.key(config.seed), i))
-                )
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / config.eval.num_batches
-        record = {f"eval/{k}": v for k, v in sums.items()}
+                batches.append(run.eval_fn(params, batch, jax.random.fold_in(jax.random.key(config.seed), i)))
+        merged = metric_collections.merge_all(jax.device_get(batches))
+        record = {f"eval/{k}": v for k, v in metric_collections.to_floats(merged).items()}
         writer.write(step, record)
         return record
 
     # Loop.
     history: list[dict[str, float]] = []
-    pending: list[tuple[int, dict[str, jax.Array], int]] = []
+    pending: list[tuple[int, Any]] = []
+    pending_tokens = 0
     first_step = int(state.step)
     step_fn = run.compile_step() if first_step < config.total_steps else None
     step_flops = flops_of(step_fn) if step_fn is not None else 0.0
     started = time.time()
-    last_log = (time.time(), first_step)
+    last_log = time.time()
     peak = config.mesh.peak_tflops_per_device * 1e12 * mesh.size
     with checkpoint.Preemption() as preemption:
         for step in range(first_step, config.total_steps):
             host_batch = next(train_iter)
-            tokens = int(np.asarray(host_batch.valid_bl).sum()) * jax.process_count()
+            pending_tokens += int(np.asarray(host_batch.valid_bl).sum()) * jax.process_count()
             batch = host_to_global(host_batch, batch_sh)
             rng = jax.random.fold_in(state.rng, step)
             state, metrics = step_fn(state, batch, rng)
-            pending.append((step + 1, metrics, tokens))
             done = step + 1
+            pending.append((done, metrics))
             last = done == config.total_steps
             if done % config.log_every == 0 or last or preemption.requested:
                 now = time.time()
-                seconds = (now - last_log[0]) / max(done - last_log[1], 1)
-                last_log = (now, done)
-                for s, m, tok in pending:
-                    values = {k: float(v) for k, v in jax.device_get(m).items()}
-                    check_finite(s, values)
-                    values.update(step=s, steps_per_s=1.0 / seconds, tokens_per_s=tok / seconds)
-                    if peak > 0 and step_flops > 0:
-                        values["mfu"] = step_flops / seconds / peak
-                    writer.write(s, values)
-                    history.append(values)
-                pending = []
-                log(progress(done, config.total_steps, history[-1], started, first_step))
+                record = interval_record(pending, now - last_log, pending_tokens, step_flops, peak)
+                record["step"] = done
+                writer.write(done, record)
+                history.append(record)
+                last_log, pending, pending_tokens = now, [], 0
+                log(progress(done, config.total_steps, record, started, first_step))
             checkpoint.save(
                 mngr, done, state, train_iter.get_state(), config_json, force=last or preemption.requested
             )
