@@ -183,3 +183,19 @@ def decode_reasoning(tokens_bkt: np.ndarray, lengths_bk: np.ndarray, detokenize:
         [detokenize(tokens_bkt[b, s, : lengths_bk[b, s]].tolist()) for s in range(tokens_bkt.shape[1])]
         for b in range(tokens_bkt.shape[0])
     ]
+
+
+class Policy:
+    """The compiled policy with its parameters and tokenizer: host (NumPy) outputs plus the reasoning
+    text. `policy(prompt, history_xyz_bh3, rng)` returns `sample_policy`'s arrays and `reasoning_text`
+    (`[B][k]` strings)."""
+
+    def __init__(self, cfg: AlpamayoConfig, icfg: InferenceConfig, params: Any, tokenizer: Any):
+        self.cfg, self.icfg, self.params, self.tokenizer = cfg, icfg, params, tokenizer
+        self._fn = compile_policy(cfg, icfg)
+
+    def __call__(self, prompt: PromptInputs, history_xyz_bh3: Any, rng: jax.Array) -> dict[str, Any]:
+        out = jax.device_get(self._fn(self.params, prompt, history_xyz_bh3, rng))
+        tokens, lengths = out["reasoning_tokens"], out["reasoning_lengths"]
+        out["reasoning_text"] = decode_reasoning(tokens, lengths, self.tokenizer.decode)
+        return out

@@ -1,6 +1,7 @@
 """The composed Alpamayo-R1 model: the knowledge-insulation cut, sizes, and the inference path."""
 
 import dataclasses
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -13,6 +14,7 @@ from transformers import Qwen3VLConfig as HFConfig
 
 from alpamayo_jax import inference
 from alpamayo_jax.data import batch as batch_lib
+from alpamayo_jax.data import tokenizer
 from alpamayo_jax.interop.hf_qwen3vl import hf_config_dict
 from alpamayo_jax.models import alpamayo
 from alpamayo_jax.models.qwen3vl_inputs import PromptInputs
@@ -154,6 +156,21 @@ def test_policy_outputs_and_reasoning_constraints(setup):
         jnp.repeat(batch.history_xyz_bh3[:1], 3, 0),
     )["xy"]
     np.testing.assert_allclose(xy, out["xy"][0], atol=1e-3)
+
+
+def test_policy_decodes_the_reasoning_text_with_the_tokenizer(setup):
+    cfg, batch, params = setup
+    sp_model = pathlib.Path(__file__).parents[1] / "data" / "tokenizers" / "tiny_sp.model"
+    tok = tokenizer.load("sentencepiece", sp_model, cfg)
+    icfg = inference.InferenceConfig(max_reasoning_tokens=5, num_samples=2, flow_steps=2)
+    policy = inference.Policy(cfg, icfg, params, tok)
+    out = policy(prompt_of(cfg, batch, reasoning_len=6), batch.history_xyz_bh3, jax.random.key(4))
+    assert len(out["reasoning_text"]) == 2 and all(len(row) == 2 for row in out["reasoning_text"])
+    for b in range(2):
+        for s in range(2):
+            n = out["reasoning_lengths"][b, s]
+            assert out["reasoning_text"][b][s] == tok.decode(out["reasoning_tokens"][b, s, :n])
+    assert isinstance(out["xy"], np.ndarray) and out["xy"].shape == (2, 2, 64, 2)
 
 
 def test_stop_token_ends_reasoning_and_the_expert_still_runs(setup, monkeypatch):

@@ -82,3 +82,12 @@ def test_errors(cfg, tmp_path):
         tok.encode("<|traj_f_256|>")
     with pytest.raises(KeyError, match="unknown marker"):
         tok.token_id("<|nope|>")
+
+
+def test_ids_outside_the_base_tokenizer_decode_as_unused_markers():
+    cfg = alpamayo_config("tiny")
+    tok = tokenizer.load("sentencepiece", SP_MODEL, cfg)
+    assert tok.base_size < cfg.tokens.base_vocab_size  # the tiny model's embedding has padding rows
+    hello = tok.encode("stop")
+    text = tok.decode(np.concatenate([hello, [tok.base_size], hello]))
+    assert text == f"stop<|unused_{tok.base_size}|>stop"

@@ -49,11 +49,12 @@ def step_config(preset: str, stage: str, batch: int, remat: str, seq_len: int | 
 
 
 def _matmul_params(tree: Any, skip: tuple[str, ...] = ()) -> int:
-    """Parameters of 2-D-or-more kernels (matmul weights) under `tree`, skipping paths containing `skip`."""
+    """Parameters of the matmul kernels under `tree` (leaves named `kernel`), skipping paths that contain
+    any of `skip`."""
     total = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        name = "/".join(str(getattr(p, "key", p)) for p in path)
-        if leaf.ndim >= 2 and not any(s in name for s in skip):
+        names = [str(getattr(p, "key", p)) for p in path]
+        if names[-1] == "kernel" and not any(s in "/".join(names) for s in skip):
             total += int(np.prod(leaf.shape))
     return total
 
@@ -69,7 +70,7 @@ def model_flops(cfg: AlpamayoConfig, params: Any, batch: batch_lib.Batch) -> dic
         cfg.max_loss_tokens or valid.shape[1],
     ).sum()
     patches_i = np.asarray(batch.images.lengths_i).astype(np.float64).reshape(-1)  # per image
-    n_text = _matmul_params(params["vlm"]["text"], skip=("embed",))
+    n_text = _matmul_params(params["vlm"]["text"], skip=("lm_head",))  # the head is counted apart
     n_head = text.vocab_size * text.width
     n_vis = _matmul_params(params["vlm"]["vision"])
     n_exp = _matmul_params(params["expert"])

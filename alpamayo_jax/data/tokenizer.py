@@ -37,7 +37,7 @@ class _MarkedTokenizer(abc.ABC):
     """Marker handling shared by both implementations; subclasses give the base text codec."""
 
     def __init__(self, layout: TokenLayout, markers: dict[str, int], base_size: int):
-        self.layout = layout
+        self.layout, self.base_size = layout, base_size
         self.markers = dict(markers) | {t: layout.special_id(t) for t in layout.special_tokens}
         self._names = {v: k for k, v in self.markers.items()}
         if len(self._names) != len(self.markers):
@@ -101,10 +101,13 @@ class _MarkedTokenizer(abc.ABC):
             return f"<|traj_f_{i - lay.future_start}|>"
         if lay.history_start <= i < lay.history_end:
             return f"<|traj_h_{i - lay.history_start}|>"
+        if i >= self.base_size:  # padding rows of the embedding (an untrained model can emit them)
+            return f"<|unused_{i}|>"
         return None
 
     def decode(self, ids: np.ndarray) -> str:
-        """Ids -> text, markers and trajectory tokens written out."""
+        """Ids -> text, markers and trajectory tokens written out (ids the base tokenizer lacks as
+        `<|unused_N|>`, so nothing is dropped)."""
         out: list[str] = []
         run: list[int] = []
         for i in np.asarray(ids).reshape(-1).tolist():
