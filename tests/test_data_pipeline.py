@@ -78,7 +78,7 @@ def test_build_summary_reports_failed_clip(built):
 
 
 def test_builders_in_data_folder(built, tmp_path):
-    data_dir, _, root = built
+    data_dir, summary, root = built
     for name in drive_dataset.DATASETS:
         cls = drive_dataset.builder_class(name)
         assert cls.name == name and str(cls.VERSION) in cls.RELEASE_NOTES
@@ -90,6 +90,7 @@ def test_builders_in_data_folder(built, tmp_path):
         cameras=list(CAMERAS),
         num_frames=2,
         image_hw=[64, 96],
+        failed_clips=summary["failed"],
     )
     # The TFDS builder on its own: the source is the manual dir, the clip caches of a build are reused.
     clip = json.loads((root / synthetic.GT_DIR / "index.json").read_text())["clips"][0]["clip_id"]
@@ -101,13 +102,20 @@ def test_builders_in_data_folder(built, tmp_path):
     cache = tmp_path / drive_dataset.CACHE_DIR / "synthetic_drive" / f"{clip}.pkl"
     stamp = cache.stat().st_mtime_ns
     source = pipeline.data_source(tmp_path, "synthetic_drive", "val")
-    assert len(source) == 1 and builder.failed == {}
+    assert len(source) == 1 and builder.info.metadata["failed_clips"] == {}
     assert source[0]["t0_us"] == 3_000_000 and len(source[0]["images"]) == 1
     shutil.rmtree(tmp_path / "synthetic_drive")
     again = drive_dataset.build(
         "synthetic_drive", root, tmp_path, {"val": [clip]}, "fixed", (3_000_000,), CAMERAS[1:], 1, (64, 96)
     )
     assert again["examples"] == {"val": 1} and cache.stat().st_mtime_ns == stamp
+    # A built dataset is reused; its summary (failed clips included) comes back from its metadata.
+    splits = drive_dataset.synthetic_splits(root, validation_every=4)
+    splits["train"].append("no-such-clip")
+    reused = drive_dataset.build(
+        "synthetic_drive", root, data_dir, splits, cameras=CAMERAS, num_frames=2, image_hw=(64, 96)
+    )
+    assert reused == summary
     with pytest.raises(ValueError, match="unknown keyframe policy"):
         drive_dataset.ClipOptions(policy="every")
     with pytest.raises(ValueError, match="needs splits"):

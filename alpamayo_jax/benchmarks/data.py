@@ -5,8 +5,8 @@ decode, patch rows, tokenisation, prompt assembly, collation into a `Batch`) for
 patch dtype (`uint8`: pixel rows normalised in the vision tower; `float32` / `bfloat16`: rows
 normalised and repeated over the temporal patch on the host): the transforms alone in one process
 (samples/s per core), and the loader in this process (`read_threads` threads) and with 1 ...
-`workers` worker processes (start-up included). Also reports the bytes of a batch per sample and the
-load average (the CPU may be shared).
+`workers` worker processes (steady state after the first batch; the start-up apart). Also reports
+the bytes of a batch per sample and the load average (the CPU may be shared).
 """
 
 from __future__ import annotations
@@ -41,13 +41,14 @@ def _per_core(data_cfg: dict, cfg, num_batches: int) -> float:
 
 
 def _loader(data_cfg: dict, cfg, num_batches: int) -> tuple[float, float, float]:
-    """(seconds to the first batch, samples per second over all `num_batches` with start-up, bytes of a
-    batch per sample)."""
+    """(seconds to the first batch: start-up, samples per second over the next `num_batches` batches,
+    bytes of a batch per sample)."""
     start = time.perf_counter()
     it = pipeline.make_loader(data_cfg, cfg)
     first_batch = next(it)
     first = time.perf_counter() - start
-    for _ in itertools.islice(it, num_batches - 1):
+    start = time.perf_counter()
+    for _ in itertools.islice(it, num_batches):
         pass
     rate = num_batches * data_cfg["batch_size"] / (time.perf_counter() - start)
     nbytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(first_batch))

@@ -389,7 +389,8 @@ def build(
     workers: int = 0,
 ) -> dict:
     """Builds drive dataset `name` (`synthetic_drive` or `physical_ai_av`) from the layout at `root` with
-    its builder in `data/`; returns the summary (examples per split, clips, failed clips with reasons)."""
+    its builder in `data/`; returns the summary (examples per split, clips, failed clips with reasons).
+    A dataset already built under `data_dir` is kept and its summary read back from its metadata."""
     if name not in DRIVE_DATASETS:
         raise ValueError(f"unknown drive dataset {name!r}; known: {', '.join(DRIVE_DATASETS)}")
     options = ClipOptions(policy, tuple(fixed_t0_us), tuple(cameras), num_frames, tuple(image_hw))
@@ -398,8 +399,9 @@ def build(
     )
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
     counts = {s: builder.info.splits[s].num_examples for s in splits}
-    clips = {c for ids in splits.values() for c in ids} - set(builder.failed)
-    return {"dataset": name, "examples": counts, "clips": len(clips), "failed": builder.failed}
+    failed = dict(builder.info.metadata["failed_clips"])
+    clips = {c for ids in splits.values() for c in ids} - set(failed)
+    return {"dataset": name, "examples": counts, "clips": len(clips), "failed": failed}
 
 
 def build_vqa_jsonl(

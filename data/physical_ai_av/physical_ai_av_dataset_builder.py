@@ -14,8 +14,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """Keyframe examples of the clips of a split file, read from the PhysicalAI-AV layout in the manual dir.
 
     splits: {split: [clip ids]} (required to build); options: keyframe policy, cameras, frames, image
-    size; workers: clip processes. `failed` holds the clips that could not be read, with the reason,
-    after `download_and_prepare`.
+    size; workers: clip processes. The clips that could not be read are reported with their reason
+    in the dataset's metadata (`failed_clips`, saved in metadata.json).
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -36,7 +36,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         **kwargs,
     ):
         self.splits, self.options, self.workers = splits, options or drive_dataset.ClipOptions(), workers
-        self.failed: dict[str, str] = {}
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -44,16 +43,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             builder=self,
             description=(pathlib.Path(__file__).parent / "README.md").read_text(),
             features=drive_dataset.features(),
-            metadata=tfds.core.MetadataDict(self.options.metadata()),
+            metadata=tfds.core.MetadataDict(self.options.metadata() | {"failed_clips": {}}),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         if not self.splits:
             raise ValueError("physical_ai_av needs splits {split: [clip ids]} (a split file) to build")
         cache = self.data_dir_root / drive_dataset.CACHE_DIR / self.name
-        caches, self.failed = drive_dataset.prepare_splits(
+        caches, failed = drive_dataset.prepare_splits(
             dl_manager.manual_dir, self.splits, cache, self.options, with_vqa=False, workers=self.workers
         )
+        self.info.metadata["failed_clips"] = failed
         return {split: self._generate_examples(paths) for split, paths in caches.items()}
 
     def _generate_examples(self, paths: list[str]) -> Iterator[tuple[str, dict]]:

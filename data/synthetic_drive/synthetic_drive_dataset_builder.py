@@ -14,8 +14,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """Keyframe examples of the synthetic clips in the manual dir, with VQA pairs from their ground truth.
 
     splits: {split: [clip ids]} (default: every 10th clip of the index validates); options: keyframe
-    policy, cameras, frames, image size; workers: clip processes. `failed` holds the clips that could
-    not be read, with the reason, after `download_and_prepare`.
+    policy, cameras, frames, image size; workers: clip processes. The clips that could not be read are
+    reported with their reason in the dataset's metadata (`failed_clips`, saved in metadata.json).
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -33,7 +33,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         **kwargs,
     ):
         self.splits, self.options, self.workers = splits, options or drive_dataset.ClipOptions(), workers
-        self.failed: dict[str, str] = {}
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -41,16 +40,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             builder=self,
             description=(pathlib.Path(__file__).parent / "README.md").read_text(),
             features=drive_dataset.features(),
-            metadata=tfds.core.MetadataDict(self.options.metadata()),
+            metadata=tfds.core.MetadataDict(self.options.metadata() | {"failed_clips": {}}),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         root = dl_manager.manual_dir
         splits = self.splits or drive_dataset.synthetic_splits(root)
         cache = self.data_dir_root / drive_dataset.CACHE_DIR / self.name
-        caches, self.failed = drive_dataset.prepare_splits(
+        caches, failed = drive_dataset.prepare_splits(
             root, splits, cache, self.options, with_vqa=True, workers=self.workers
         )
+        self.info.metadata["failed_clips"] = failed
         return {split: self._generate_examples(paths) for split, paths in caches.items()}
 
     def _generate_examples(self, paths: list[str]) -> Iterator[tuple[str, dict]]:
