@@ -116,6 +116,8 @@ def test_builders_in_data_folder(built, tmp_path):
         "synthetic_drive", root, data_dir, splits, cameras=CAMERAS, num_frames=2, image_hw=(64, 96)
     )
     assert reused == summary
+    with pytest.raises(ValueError, match=r"split 'val' .*: no clip to build \(1 listed; failed: \{'no-such"):
+        drive_dataset.build("synthetic_drive", root, tmp_path / "none", {"val": ["no-such-clip"]})
     with pytest.raises(ValueError, match="unknown keyframe policy"):
         drive_dataset.ClipOptions(policy="every")
     with pytest.raises(ValueError, match="needs splits"):

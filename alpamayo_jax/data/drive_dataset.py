@@ -271,9 +271,15 @@ def prepare_splits(
     clips = list(dict.fromkeys(c for ids in splits.values() for c in ids))
     kwargs = dataclasses.asdict(options) | dict(with_vqa=with_vqa)
     prepared = prepare_clips(root, clips, cache, workers, **kwargs)
-    ok = set(prepared["ok"])
+    ok, failed = set(prepared["ok"]), prepared["failed"]
     caches = {s: [str(pathlib.Path(cache) / f"{c}.pkl") for c in ids if c in ok] for s, ids in splits.items()}
-    return caches, prepared["failed"]
+    for split, paths in caches.items():
+        if not paths:
+            why = {c: failed[c].splitlines()[0] for c in splits[split] if c in failed}
+            raise ValueError(
+                f"split {split!r} of {root}: no clip to build ({len(splits[split])} listed; failed: {why})"
+            )
+    return caches, failed
 
 
 def cached_examples(paths: Sequence[str | os.PathLike]) -> Iterator[tuple[str, dict]]:
