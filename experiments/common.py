@@ -48,7 +48,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     c.data.eval_split = "validation"
     c.data.tokenizer = ml_collections.ConfigDict(dict(kind="sentencepiece", path=""))
     c.data.worker_count = 0
-    c.data.patch_dtype = "float32" if tiny else "bfloat16"
+    c.data.patch_dtype = "uint8"  # pixel rows normalised in the vision tower; float32 / bfloat16: on the host
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3 if tiny else 1e-5

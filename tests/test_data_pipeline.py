@@ -3,15 +3,18 @@
 import itertools
 import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from alpamayo_jax.benchmarks import data as data_bench
 from alpamayo_jax.data import batch as batch_lib
 from alpamayo_jax.data import drive_dataset, pipeline, prompts, synthetic, tokenizer, transforms, vqa
+from alpamayo_jax.models import vision
 from alpamayo_jax.models.alpamayo import alpamayo_config
 
 SP_MODEL = str(pathlib.Path(__file__).parents[1] / "data" / "tokenizers" / "tiny_sp.model")
@@ -72,6 +75,69 @@ def test_build_summary_reports_failed_clip(built):
     ex = pipeline.data_source(data_dir, "synthetic_drive", "train")[0]
     assert len(ex["images"]) == 4 and ex["controls"].shape == (64, 2)
     assert len(ex["vqa_questions"]) == len(ex["vqa_answers"]) == 5
+
+
+def test_builders_in_data_folder(built, tmp_path):
+    data_dir, summary, root = built
+    for name in drive_dataset.DATASETS:
+        cls = drive_dataset.builder_class(name)
+        assert cls.name == name and str(cls.VERSION) in cls.RELEASE_NOTES
+        assert cls.__module__ == f"{name}_dataset_builder" and cls is drive_dataset.builder_class(name)
+    meta = json.loads((data_dir / "synthetic_drive" / "1.0.0" / "metadata.json").read_text())
+    assert meta == dict(
+        policy="both",
+        fixed_t0_us=[3_000_000, 7_000_000, 11_000_000],
+        cameras=list(CAMERAS),
+        num_frames=2,
+        image_hw=[64, 96],
+        failed_clips=summary["failed"],
+    )
+    # The TFDS builder on its own: the source is the manual dir, the clip caches of a build are reused.
+    clip = json.loads((root / synthetic.GT_DIR / "index.json").read_text())["clips"][0]["clip_id"]
+    options = drive_dataset.ClipOptions("fixed", (3_000_000,), CAMERAS[1:], 1, (64, 96))
+    builder = drive_dataset.builder_class("synthetic_drive")(
+        data_dir=str(tmp_path), file_format="array_record", splits={"val": [clip]}, options=options
+    )
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    cache = tmp_path / drive_dataset.CACHE_DIR / "synthetic_drive" / f"{clip}.pkl"
+    stamp = cache.stat().st_mtime_ns
+    source = pipeline.data_source(tmp_path, "synthetic_drive", "val")
+    assert len(source) == 1 and builder.info.metadata["failed_clips"] == {}
+    assert source[0]["t0_us"] == 3_000_000 and len(source[0]["images"]) == 1
+    shutil.rmtree(tmp_path / "synthetic_drive")
+    again = drive_dataset.build(
+        "synthetic_drive", root, tmp_path, {"val": [clip]}, "fixed", (3_000_000,), CAMERAS[1:], 1, (64, 96)
+    )
+    assert again["examples"] == {"val": 1} and cache.stat().st_mtime_ns == stamp
+    # A built dataset is reused; its summary (failed clips included) comes back from its metadata.
+    splits = drive_dataset.synthetic_splits(root, validation_every=4)
+    splits["train"].append("no-such-clip")
+    reused = drive_dataset.build(
+        "synthetic_drive", root, data_dir, splits, cameras=CAMERAS, num_frames=2, image_hw=(64, 96)
+    )
+    assert reused == summary
+    with pytest.raises(ValueError, match=r"split 'val' .*: no clip to build \(1 listed; failed: \{'no-such"):
+        drive_dataset.build("synthetic_drive", root, tmp_path / "none", {"val": ["no-such-clip"]})
+    with pytest.raises(ValueError, match="unknown keyframe policy"):
+        drive_dataset.ClipOptions(policy="every")
+    with pytest.raises(ValueError, match="needs splits"):
+        drive_dataset.builder_class("physical_ai_av")(data_dir=str(tmp_path)).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(root))
+        )
+
+
+def test_uint8_and_float_patch_rows_agree(built, cfg):
+    data_dir, _, _ = built
+    dc = _data_cfg(data_dir, [_src(2)], shuffle=False)
+    u8, f32 = (next(pipeline.make_loader(dc | dict(patch_dtype=d), cfg)) for d in ("uint8", "float32"))
+    vcfg = cfg.vlm.vision
+    assert u8.images.patches_inp.dtype == np.uint8 and u8.images.patches_inp.shape[-1] == vcfg.pixel_dim
+    assert f32.images.patches_inp.shape[-1] == vcfg.patch_dim
+    assert _equal(u8.replace(images=None), f32.replace(images=None))
+    rows = vision.patch_rows(u8.images.patches_inp, u8.images.lengths_i, vcfg)
+    np.testing.assert_allclose(rows, f32.images.patches_inp, atol=1e-6)
+    with pytest.raises(ValueError, match="patch_dtype 'int8'"):
+        pipeline.SampleFn(2, dc["tokenizer"], cfg, "int8")
 
 
 def test_masks_per_stage(built, cfg):
@@ -235,6 +301,10 @@ def test_vqa_jsonl(tmp_path):
 def test_loader_benchmark_runs():
     out = data_bench.run("tiny", batch=1, reps=2, clips=1, workers=1, height=64, width=96)
     assert out["examples"] >= 1 and out["shape"] == "4 cameras x 4 frames x 64x96"
-    for dtype in ("float32", "bfloat16"):
-        for key in ("samples_per_s_per_core", "threads_samples_per_s", "processes_samples_per_s"):
+    for dtype in ("uint8", "float32", "bfloat16"):
+        for key in ("samples_per_s_per_core", "workers0_samples_per_s", "workers1_samples_per_s"):
             assert out[f"{dtype}_{key}"] > 0
+    # 16 frames of 4 x 6 patches: uint8 pixel rows vs float32 rows repeated over the temporal patch.
+    pixels = 16 * 4 * 6 * 3 * 16 * 16
+    assert pixels / 1e6 < out["uint8_batch_mb_per_sample"] < pixels / 1e6 + 0.1
+    assert 8 * pixels / 1e6 < out["float32_batch_mb_per_sample"] < 8 * pixels / 1e6 + 0.1

@@ -1,19 +1,24 @@
 """Input-pipeline throughput at the release shapes: 4 cameras x 4 frames at 320x576 (SPEC 1.2).
 
 Makes a few synthetic clips, builds `synthetic_drive` from them, then times the grain loader (JPEG
-decode, patch rows, tokenisation, prompt assembly, collation into a `Batch`) for stage 2: the
-transforms alone in one process (samples/s per core) and the loader with `workers` threads or
-`workers` processes (start-up included).
+decode, patch rows, tokenisation, prompt assembly, collation into a `Batch`) for stage 2, for each
+patch dtype (`uint8`: pixel rows normalised in the vision tower; `float32` / `bfloat16`: rows
+normalised and repeated over the temporal patch on the host): the transforms alone in one process
+(samples/s per core), and the loader in this process (`read_threads` threads) and with 1 ...
+`workers` worker processes (steady state after the first batch; the start-up apart). Also reports
+the bytes of a batch per sample and the load average (the CPU may be shared).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import pathlib
 import tempfile
 import time
 from typing import Any
 
+import jax
 import numpy as np
 
 from alpamayo_jax.data import drive_dataset, pipeline, synthetic
@@ -35,15 +40,19 @@ def _per_core(data_cfg: dict, cfg, num_batches: int) -> float:
     return num_batches * size / (time.perf_counter() - start)
 
 
-def _loader(data_cfg: dict, cfg, num_batches: int) -> tuple[float, float]:
-    """(seconds to the first batch, samples per second over all `num_batches`, start-up included)."""
+def _loader(data_cfg: dict, cfg, num_batches: int) -> tuple[float, float, float]:
+    """(seconds to the first batch: start-up, samples per second over the next `num_batches` batches,
+    bytes of a batch per sample)."""
     start = time.perf_counter()
     it = pipeline.make_loader(data_cfg, cfg)
-    next(it)
+    first_batch = next(it)
     first = time.perf_counter() - start
-    for _ in itertools.islice(it, num_batches - 1):
+    start = time.perf_counter()
+    for _ in itertools.islice(it, num_batches):
         pass
-    return first, num_batches * data_cfg["batch_size"] / (time.perf_counter() - start)
+    rate = num_batches * data_cfg["batch_size"] / (time.perf_counter() - start)
+    nbytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(first_batch))
+    return first, rate, nbytes / data_cfg["batch_size"]
 
 
 def run(
@@ -54,10 +63,12 @@ def run(
     workers: int = 2,
     height: int = 320,
     width: int = 576,
+    patch_dtypes: tuple[str, ...] = ("uint8", "float32", "bfloat16"),
     **_: Any,
 ) -> dict[str, Any]:
-    """Samples/s of the transforms on one core and of the loader with `workers` threads or processes,
-    with float32 and bfloat16 patch rows; the model flags of `tools/benchmark.py` are ignored."""
+    """Samples/s of the transforms on one core and of the loader in this process (`workers` read
+    threads) and with 1 ... `workers` processes, per patch dtype; the model flags of
+    `tools/benchmark.py` are ignored."""
     cfg = alpamayo.alpamayo_config(preset)
     with tempfile.TemporaryDirectory() as tmp:
         root, data_dir = pathlib.Path(tmp) / "synth", pathlib.Path(tmp) / "tfds"
@@ -73,6 +84,7 @@ def run(
             batch_size=batch,
             seed=0,
             num_epochs=None,
+            read_threads=workers,
             length_buckets=tuple(range(256, 8192, 64)),
         )
         out = dict(
@@ -83,15 +95,16 @@ def run(
             examples=summary["examples"]["train"],
             synthetic_s_per_clip=round(made / clips, 2),
             workers=workers,
+            cpus=os.cpu_count(),
+            load_average_before=[round(x, 2) for x in os.getloadavg()],
         )
-        for dtype in ("float32", "bfloat16"):
+        for dtype in patch_dtypes:
             dc = data_cfg | dict(patch_dtype=dtype)
             out[f"{dtype}_samples_per_s_per_core"] = round(_per_core(dc, cfg, reps), 2)
-            for kind, extra in (
-                ("threads", dict(read_threads=workers)),
-                ("processes", dict(worker_count=workers)),
-            ):
-                startup, rate = _loader(dc | extra, cfg, reps)
-                out[f"{dtype}_{kind}_samples_per_s"] = round(rate, 2)
-                out[f"{dtype}_{kind}_first_batch_s"] = round(startup, 2)
+            for count in range(workers + 1):
+                startup, rate, nbytes = _loader(dc | dict(worker_count=count), cfg, reps)
+                out[f"{dtype}_workers{count}_samples_per_s"] = round(rate, 2)
+                out[f"{dtype}_workers{count}_first_batch_s"] = round(startup, 2)
+            out[f"{dtype}_batch_mb_per_sample"] = round(nbytes / 1e6, 2)
+        out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return out

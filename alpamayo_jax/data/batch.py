@@ -24,8 +24,10 @@ class Batch:
     """A right-padded batch. Shapes: B batch, L tokens, n images per sample, N patches, A waypoints.
 
     tokens_bl / valid_bl / positions_3bl: the sequence; images: per-sample `[B, n, N, ...]` vision
-    inputs and image_slots_bl their rows (`-1` on text); text_loss_bl / traj_loss_bl: weight of
-    predicting token l (reasoning or answers / discrete future tokens); expert_prefix_len_b: slots the
+    inputs (the loader's patches are uint8 pixel rows `[B, n, N, pixel_dim]`, normalised in the vision
+    tower; float rows `[B, n, N, patch_dim]` are used as they are) and image_slots_bl their rows (`-1`
+    on text); text_loss_bl / traj_loss_bl: weight of predicting token l (reasoning or answers /
+    discrete future tokens); expert_prefix_len_b: slots the
     action expert sees (through <|traj_future_start|>); expert_position_b: position of the first action
     token; controls_ba2: normalised ground-truth (accel, curvature); has_trajectory_b: the sample has
     a trajectory target; history_xyz_bh3, future_xy_ba2, future_yaw_ba: ego history and future in
@@ -255,7 +257,7 @@ def fake(
                 future_ids,
             )
         )
-        pixels = rng.standard_normal((num_images * h * w, vcfg.patch_dim)).astype(np.float32)
+        pixels = rng.integers(0, 256, (num_images * h * w, vcfg.pixel_dim), dtype=np.uint8)
         grid = np.array([[1, h, w]] * num_images)
         images.append((qwen3vl_inputs.vision_inputs(pixels, grid, vcfg), grid))
         trajs.append(traj)

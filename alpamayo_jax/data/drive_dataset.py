@@ -1,12 +1,18 @@
-"""TFDS ArrayRecord datasets of keyframe samples: `synthetic_drive` and `physical_ai_av` (no TensorFlow).
+"""Example making for the TFDS ArrayRecord datasets of keyframe samples (no TensorFlow).
+
+The datasets are TFDS builders in the repository's `data/` folder, one folder each in the TFDS
+convention (`data/<name>/<name>_dataset_builder.py` with `class Builder`): `synthetic_drive`,
+`physical_ai_av` and `vqa_jsonl`. They are thin; this module holds what they share: the features,
+the examples of a clip or a VQA file, the clip caches, and `build` / `build_vqa_jsonl`, which load a
+builder from `data/` by path and run it.
 
 One example = one keyframe: JPEG camera frames at the model resolution (camera-major, oldest frame
 first), camera ids, calibration, ego history / future in the t0 frame with the fitted normalised
 controls, the CoC record and its reasoning text when present, VQA pairs when present, clip id, t0.
 
-Building runs in two steps: `prepare_clips` turns each clip into its examples, one cache file per
+Building runs in two steps: `prepare_splits` turns each clip into its examples, one cache file per
 clip written atomically, in parallel processes; existing files are kept, so a build resumes where it
-stopped, and a failing clip is reported by id and reason in the summary. `build` then writes the
+stopped, and a failing clip is reported by id and reason in the summary. The builder then writes the
 TFDS ArrayRecord dataset from the caches. TFDS writes and reads ArrayRecord without TensorFlow as
 long as no `tfds.features.Image` is used (frames are stored as encoded bytes).
 """
@@ -14,14 +20,17 @@ long as no `tfds.features.Image` is used (frames are stored as encoded bytes).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import importlib.util
 import io
 import json
 import multiprocessing
 import os
 import pathlib
 import pickle
+import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -36,6 +45,9 @@ KEYFRAME_POLICIES = ("fixed", "coc", "both", "meta_actions")
 MIN_T0_US = 1_600_000
 FUTURE_US = 6_400_000
 CACHE_DIR = "_clips"
+DRIVE_DATASETS = ("synthetic_drive", "physical_ai_av")
+DATASETS = (*DRIVE_DATASETS, "vqa_jsonl")
+BUILDERS_DIR = pathlib.Path(__file__).resolve().parents[2] / "data"
 
 
 def encode_jpeg(image_hw3: np.ndarray, quality: int = 95) -> bytes:
@@ -192,7 +204,8 @@ def prepare_clips(
     return {"ok": [c for c, why in results if why is None], "failed": failed}
 
 
-def _features() -> tfds.features.FeaturesDict:
+def features() -> tfds.features.FeaturesDict:
+    """The features of every dataset here (VQA-only examples fill the trajectory fields with zeros)."""
     f32, i32 = np.float32, np.int32
     T = tfds.features.Tensor
     return tfds.features.FeaturesDict(
@@ -218,42 +231,62 @@ def _features() -> tfds.features.FeaturesDict:
     )
 
 
-class _DriveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Writes the cached clip examples of each split (see `build`)."""
+@dataclasses.dataclass(frozen=True)
+class ClipOptions:
+    """What a drive dataset keeps of each clip: keyframe policy (`keyframes`), the fixed keyframe times,
+    cameras (in camera-id order), frames per camera and the image size (the model resolution)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    # No checksums file: skips TFDS's source lookup, which imports the absent `importlib_resources`.
-    code_path = None
+    policy: str = "both"
+    fixed_t0_us: tuple[int, ...] = (3_000_000, 7_000_000, 11_000_000)
+    cameras: tuple[str, ...] = pai_layout.DEFAULT_CAMERAS
+    num_frames: int = 4
+    image_hw: tuple[int, int] = (320, 576)
 
-    def __init__(self, *, split_caches: dict[str, list[str]] | None = None, **kwargs):
-        self._split_caches = split_caches or {}
-        super().__init__(**kwargs)
+    def __post_init__(self):
+        if self.policy not in KEYFRAME_POLICIES:
+            raise ValueError(f"unknown keyframe policy {self.policy!r}; known: {KEYFRAME_POLICIES}")
+        unknown = [c for c in self.cameras if c not in pai_layout.CAMERA_IDS]
+        if unknown or not self.cameras:
+            known = ", ".join(pai_layout.CAMERA_NAMES)
+            raise ValueError(f"cameras {list(self.cameras)}: none or unknown {unknown}; known: {known}")
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, features=_features(), description=__doc__)
-
-    def _split_generators(self, dl_manager):
-        return {split: self._generate_examples(paths) for split, paths in self._split_caches.items()}
-
-    def _generate_examples(self, paths):
-        for path in paths:
-            for ex in pickle.loads(pathlib.Path(path).read_bytes()):
-                yield f"{ex['clip_id']}_{ex['t0_us']}", ex
-
-
-class SyntheticDrive(_DriveBuilder):
-    """Keyframes of `tools/make_synthetic.py` output, with VQA pairs from the ground truth."""
-
-
-class PhysicalAiAv(_DriveBuilder):
-    """Keyframes of a local copy of the PhysicalAI-AV layout (clip list from a split file)."""
+    def metadata(self) -> dict:
+        """JSON-able record of the options, saved with the built dataset (`metadata.json`)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-class VqaJsonl(_DriveBuilder):
-    """VQA conversations from JSONL files (`data.vqa`); no trajectory (zeros), camera ids -1."""
+def prepare_splits(
+    root: str | os.PathLike,
+    splits: dict[str, list[str]],
+    cache: str | os.PathLike,
+    options: ClipOptions,
+    with_vqa: bool,
+    workers: int = 0,
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Prepares every clip of `splits` (`prepare_clips`) -> (cache files per split, {failed clip: reason})."""
+    if not splits:
+        raise ValueError(f"no splits to build from {root}")
+    clips = list(dict.fromkeys(c for ids in splits.values() for c in ids))
+    kwargs = dataclasses.asdict(options) | dict(with_vqa=with_vqa)
+    prepared = prepare_clips(root, clips, cache, workers, **kwargs)
+    ok, failed = set(prepared["ok"]), prepared["failed"]
+    caches = {s: [str(pathlib.Path(cache) / f"{c}.pkl") for c in ids if c in ok] for s, ids in splits.items()}
+    for split, paths in caches.items():
+        if not paths:
+            why = {c: failed[c].splitlines()[0] for c in splits[split] if c in failed}
+            raise ValueError(
+                f"split {split!r} of {root}: no clip to build ({len(splits[split])} listed; failed: {why})"
+            )
+    return caches, failed
 
 
-BUILDERS = {"synthetic_drive": SyntheticDrive, "physical_ai_av": PhysicalAiAv}
+def cached_examples(paths: Sequence[str | os.PathLike]) -> Iterator[tuple[str, dict]]:
+    """(key, example) of every example in the cache files (`<clip id>_<t0>` keys, unique per dataset)."""
+    for path in paths:
+        for ex in pickle.loads(pathlib.Path(path).read_bytes()):
+            yield f"{ex['clip_id']}_{ex['t0_us']}", ex
 
 
 def vqa_examples(path: str | os.PathLike, image_hw: tuple[int, int]) -> list[dict]:
@@ -287,24 +320,23 @@ def vqa_examples(path: str | os.PathLike, image_hw: tuple[int, int]) -> list[dic
     return out
 
 
-def build_vqa_jsonl(
-    files: dict[str, list[str]], data_dir: str | os.PathLike, image_hw: tuple[int, int] = (320, 576)
-) -> dict:
-    """Builds `vqa_jsonl` from JSONL files per split; returns the examples per split."""
-    cache = pathlib.Path(data_dir) / CACHE_DIR / "vqa_jsonl"
+def prepare_vqa_files(
+    files: dict[str, list[str]], cache: str | os.PathLike, image_hw: tuple[int, int]
+) -> dict[str, list[str]]:
+    """Writes the examples of each VQA JSONL file to `cache/<split>_<i>.pkl` (atomically); returns the
+    cache files per split."""
+    cache = pathlib.Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    split_caches = {}
+    caches: dict[str, list[str]] = {}
     for split, paths in files.items():
-        split_caches[split] = []
+        caches[split] = []
         for i, path in enumerate(paths):
             target = cache / f"{split}_{i}.pkl"
             tmp = target.with_suffix(".tmp")
             tmp.write_bytes(pickle.dumps(vqa_examples(path, image_hw)))
             os.replace(tmp, target)
-            split_caches[split].append(str(target))
-    builder = VqaJsonl(data_dir=str(data_dir), file_format="array_record", split_caches=split_caches)
-    builder.download_and_prepare()
-    return {"dataset": "vqa_jsonl", "examples": {s: builder.info.splits[s].num_examples for s in files}}
+            caches[split].append(str(target))
+    return caches
 
 
 def synthetic_splits(root: str | os.PathLike, validation_every: int = 10) -> dict[str, list[str]]:
@@ -328,6 +360,28 @@ def read_split_file(path: str | os.PathLike) -> dict[str, list[str]]:
     return splits
 
 
+def builder_class(name: str, builders_dir: str | os.PathLike = BUILDERS_DIR) -> type:
+    """The `Builder` class of `builders_dir/<name>/<name>_dataset_builder.py` (TFDS's folder convention).
+
+    The module is loaded by path once per process (kept in `sys.modules` as `<name>_dataset_builder`,
+    from which TFDS names the dataset) and not added to TFDS's global registry.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    module_name = f"{name}_dataset_builder"
+    path = pathlib.Path(builders_dir) / name / f"{module_name}.py"
+    module = sys.modules.get(module_name)
+    if module is None or pathlib.Path(module.__file__) != path:
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset builder {name!r}: {path} does not exist")
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        with tfds.core.registered.skip_registration():
+            spec.loader.exec_module(module)
+    return module.Builder
+
+
 def build(
     name: str,
     root: str | os.PathLike,
@@ -340,24 +394,28 @@ def build(
     image_hw: tuple[int, int] = (320, 576),
     workers: int = 0,
 ) -> dict:
-    """Builds dataset `name` under `data_dir`; returns the summary (examples per split, failed clips)."""
-    if name not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(BUILDERS)}")
-    data_dir = pathlib.Path(data_dir)
-    cache = data_dir / CACHE_DIR / name
-    kwargs = dict(
-        policy=policy,
-        fixed_t0_us=tuple(fixed_t0_us),
-        cameras=tuple(cameras),
-        num_frames=num_frames,
-        image_hw=tuple(image_hw),
-        with_vqa=name == "synthetic_drive",
+    """Builds drive dataset `name` (`synthetic_drive` or `physical_ai_av`) from the layout at `root` with
+    its builder in `data/`; returns the summary (examples per split, clips, failed clips with reasons).
+    A dataset already built under `data_dir` is kept and its summary read back from its metadata."""
+    if name not in DRIVE_DATASETS:
+        raise ValueError(f"unknown drive dataset {name!r}; known: {', '.join(DRIVE_DATASETS)}")
+    options = ClipOptions(policy, tuple(fixed_t0_us), tuple(cameras), num_frames, tuple(image_hw))
+    builder = builder_class(name)(
+        data_dir=str(data_dir), file_format="array_record", splits=splits, options=options, workers=workers
     )
-    clips = [c for ids in splits.values() for c in ids]
-    prepared = prepare_clips(root, clips, cache, workers, **kwargs)
-    ok = set(prepared["ok"])
-    split_caches = {s: [str(cache / f"{c}.pkl") for c in ids if c in ok] for s, ids in splits.items()}
-    builder = BUILDERS[name](data_dir=str(data_dir), file_format="array_record", split_caches=split_caches)
-    builder.download_and_prepare()
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
     counts = {s: builder.info.splits[s].num_examples for s in splits}
-    return {"dataset": name, "examples": counts, "clips": len(ok), "failed": prepared["failed"]}
+    failed = dict(builder.info.metadata["failed_clips"])
+    clips = {c for ids in splits.values() for c in ids} - set(failed)
+    return {"dataset": name, "examples": counts, "clips": len(clips), "failed": failed}
+
+
+def build_vqa_jsonl(
+    files: dict[str, list[str]], data_dir: str | os.PathLike, image_hw: tuple[int, int] = (320, 576)
+) -> dict:
+    """Builds `vqa_jsonl` from JSONL files per split; returns the examples per split."""
+    builder = builder_class("vqa_jsonl")(
+        data_dir=str(data_dir), file_format="array_record", files=files, image_hw=tuple(image_hw)
+    )
+    builder.download_and_prepare()
+    return {"dataset": "vqa_jsonl", "examples": {s: builder.info.splits[s].num_examples for s in files}}

@@ -9,7 +9,9 @@ images and lengths match), then worker processes prefetch. The iterator's `get_s
 data_cfg (dict-like): data_dir, sources [{name, split, stage, weight}], tokenizer {kind, path},
 batch_size (per host), seed, num_epochs (None: forever), shuffle, worker_count (processes),
 read_threads / prefetch (threads and batches buffered per process; batches are large, keep it
-small), length_buckets, patch_dtype ("float32" or "bfloat16": the patch rows dominate the bytes).
+small), length_buckets, patch_dtype ("uint8", the default: pixel rows that the vision tower normalises
+on the device, an eighth of the float32 bytes; "float32" or "bfloat16": rows normalised and repeated
+over the temporal patch on the host, as the reference processor makes them).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from alpamayo_jax.data import transforms
 from alpamayo_jax.data.batch import Batch
 from alpamayo_jax.models.vision import VisionInputs
 
+PATCH_DTYPES = {"uint8": np.uint8, "float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+
 
 def data_source(data_dir: str | os.PathLike, name: str, split: str):
     """The ArrayRecord data source of `name`/`split` (newest version under `data_dir/name`)."""
@@ -49,7 +53,9 @@ def data_source(data_dir: str | os.PathLike, name: str, split: str):
 class SampleFn(grain.transforms.RandomMap):
     """Example -> sample for one stage; loads the tokenizer once per worker process."""
 
-    def __init__(self, stage: int, tokenizer_cfg: Mapping, model_cfg, patch_dtype: str = "float32"):
+    def __init__(self, stage: int, tokenizer_cfg: Mapping, model_cfg, patch_dtype: str = "uint8"):
+        if patch_dtype not in PATCH_DTYPES:
+            raise ValueError(f"patch_dtype {patch_dtype!r}; known: {', '.join(PATCH_DTYPES)}")
         self.stage, self.model_cfg, self.patch_dtype = stage, model_cfg, patch_dtype
         self.tokenizer_cfg = dict(tokenizer_cfg)
         self._tok = None
@@ -62,7 +68,7 @@ class SampleFn(grain.transforms.RandomMap):
             self._tok = tokenizer_lib.load(
                 self.tokenizer_cfg["kind"], self.tokenizer_cfg["path"], self.model_cfg
             )
-        dtype = ml_dtypes.bfloat16 if self.patch_dtype == "bfloat16" else np.dtype(self.patch_dtype)
+        dtype = PATCH_DTYPES[self.patch_dtype]
         return transforms.example_sample(element, self.stage, self._tok, self.model_cfg, rng, dtype)
 
 
@@ -100,7 +106,7 @@ def _source_dataset(src: Mapping, data_cfg: Mapping, model_cfg, index: int, coun
     ds = ds.repeat(data_cfg.get("num_epochs"))
     if data_cfg.get("shuffle", True):
         ds = ds.shuffle(seed=seed)
-    fn = SampleFn(int(src["stage"]), data_cfg["tokenizer"], model_cfg, data_cfg.get("patch_dtype", "float32"))
+    fn = SampleFn(int(src["stage"]), data_cfg["tokenizer"], model_cfg, data_cfg.get("patch_dtype", "uint8"))
     ds = ds.random_map(fn, seed=seed + 1)
     return ds.batch(
         data_cfg["batch_size"], drop_remainder=True, batch_fn=BatchFn(model_cfg, data_cfg["length_buckets"])

@@ -1,8 +1,8 @@
 """Dataset example -> model sample (per stage) -> `Batch`: small pure NumPy steps used by the loader.
 
-`example_sample` decodes the frames into patch rows, tokenises history / future / text and lays the
-sequence out for the stage (`prompts.stage_sample`); `batch_samples` pads a list of samples to the
-smallest length bucket that fits and builds the `Batch`.
+`example_sample` decodes the frames into patch rows (uint8 pixel rows by default, see `image_rows`),
+tokenises history / future / text and lays the sequence out for the stage (`prompts.stage_sample`);
+`batch_samples` pads a list of samples to the smallest length bucket that fits and builds the `Batch`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ def sequence_ids(model_cfg) -> batch_lib.SequenceIds:
 
 
 def image_rows(
-    jpegs: list[bytes], model_cfg, dtype: np.typing.DTypeLike = np.float32
+    jpegs: list[bytes], model_cfg, dtype: np.typing.DTypeLike = np.uint8
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Encoded frames -> (pixel_values [P, patch_dim] of `dtype`, grid_thw [n, 3])."""
+    """Encoded frames -> (rows, grid_thw [n, 3]): uint8 pixel rows [P, pixel_dim] that the vision tower
+    normalises on the device (`dtype` uint8), else normalised rows [P, patch_dim] of `dtype`."""
     v = model_cfg.vlm.vision
     images = np.stack([drive_dataset.decode_jpeg(b) for b in jpegs])
+    if np.dtype(dtype) == np.uint8:
+        return patches.image_pixels(images, v.patch_size, v.spatial_merge)
     return patches.image_patches(images, v.patch_size, v.temporal_patch_size, v.spatial_merge, dtype=dtype)
 
 
@@ -43,7 +46,7 @@ def example_sample(
     tok: Tokenizer,
     model_cfg,
     rng: np.random.Generator,
-    patch_dtype: np.typing.DTypeLike = np.float32,
+    patch_dtype: np.typing.DTypeLike = np.uint8,
 ) -> dict:
     """One stored example -> a sample: tokens, losses, image rows and trajectory targets.
 

@@ -61,16 +61,21 @@ def _bilinear_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray,
 def vision_inputs(
     pixel_values: np.ndarray, grid_thw: np.ndarray, cfg: VisionConfig, pad_patches: int | None = None
 ) -> VisionInputs:
-    """Packed reference patches `[P, patch_dim]` + `grid_thw [I, 3]` -> padded per-image VisionInputs.
+    """Packed rows + `grid_thw [I, 3]` -> padded per-image VisionInputs.
 
-    `pad_patches` fixes the padded patch count (a multiple of merge^2) for static shapes; by default
+    Rows are the reference's float patches `[P, patch_dim]` or the loader's uint8 pixel rows
+    `[P, pixel_dim]` (`data.patches.image_pixels`, normalised in the tower). `pad_patches` fixes the
+    padded patch count (a multiple of merge^2) for static shapes; by default
     the largest image's count.
     """
     pixel_values = np.asarray(pixel_values)
     grid = split_temporal(grid_thw)
     counts = grid[:, 1] * grid[:, 2]
-    if pixel_values.ndim != 2 or pixel_values.shape[1] != cfg.patch_dim:
-        raise ValueError(f"pixel_values must be [patches, {cfg.patch_dim}], got {pixel_values.shape}")
+    width = cfg.pixel_dim if pixel_values.dtype == np.uint8 else cfg.patch_dim
+    if pixel_values.ndim != 2 or pixel_values.shape[1] != width:
+        raise ValueError(
+            f"pixel_values must be [patches, {width}] for {pixel_values.dtype} rows, got {pixel_values.shape}"
+        )
     if counts.sum() != pixel_values.shape[0]:
         raise ValueError(
             f"image_grid_thw describes {counts.sum()} patches but pixel_values has {pixel_values.shape[0]}"
@@ -83,7 +88,7 @@ def vision_inputs(
         raise ValueError(f"pad_patches={pad_patches} must be >= {counts.max()} and a multiple of {unit}")
     num = len(grid)
     side = int(round(cfg.num_position_embeddings**0.5))
-    patches = np.zeros((num, n_max, cfg.patch_dim), pixel_values.dtype)
+    patches = np.zeros((num, n_max, width), pixel_values.dtype)
     pos_index = np.zeros((num, n_max, 4), np.int32)
     pos_weight = np.zeros((num, n_max, 4), np.float32)
     rope_pos = np.zeros((num, n_max, 2), np.int32)

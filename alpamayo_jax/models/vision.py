@@ -1,9 +1,12 @@
 """Qwen3-VL vision tower: patch embedding, ViT blocks with 2D rotary, 2x2 merger, DeepStack taps.
 
-Images arrive padded to a common patch count, `[I, N, patch_dim]`, with each image's valid patch
-count; attention never crosses images (per-image batch + key lengths: the block-diagonal attention
-of the reference without materialising it). Patches are in the reference's merge-block order, so
-every 4 consecutive patches form one merged LM token.
+Images arrive padded to a common patch count, `[I, N, ...]`, with each image's valid patch count:
+either as the loader ships them, uint8 pixel rows `[I, N, 3 * p * p]` that the tower normalises and
+repeats over the temporal patch on the device (an eighth of the bytes of float32 rows), or as float
+rows `[I, N, patch_dim]` already in the reference's form (the HF processor's `pixel_values`), used as
+they are. Attention never crosses images (per-image batch + key lengths: the block-diagonal
+attention of the reference without materialising it). Patches are in the reference's merge-block
+order, so every 4 consecutive patches form one merged LM token.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ import numpy as np
 
 from alpamayo_jax.models import layers
 from alpamayo_jax.models.vlm import scanned_layers
+
+# The Qwen3-VL image processor's normalisation of [0, 1] pixels (preprocessor_config.json).
+PIXEL_MEAN = (0.5, 0.5, 0.5)
+PIXEL_STD = (0.5, 0.5, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +55,11 @@ class VisionConfig:
         return self.in_channels * self.temporal_patch_size * self.patch_size**2
 
     @property
+    def pixel_dim(self) -> int:
+        """Width of a uint8 pixel row: one frame of a patch, before the temporal repeat."""
+        return self.in_channels * self.patch_size**2
+
+    @property
     def head_dim(self) -> int:
         return self.width // self.num_heads
 
@@ -75,9 +87,10 @@ def vision_config(variant: str, **overrides: Any) -> VisionConfig:
 class VisionInputs:
     """Images for the tower, padded to N patches each (see `qwen3vl_inputs.vision_inputs`).
 
-    patches_inp `[I, N, patch_dim]`; lengths_i `[I]` valid patches per image; pos_index_in4 /
-    pos_weight_in4 `[I, N, 4]` bilinear taps into the learned position table; rope_pos_in2 `[I, N, 2]`
-    the (row, col) of each patch for the 2D rotary.
+    patches_inp uint8 `[I, N, pixel_dim]` pixel rows or float `[I, N, patch_dim]` normalised rows
+    (`patch_rows`; rows beyond an image's length are padding); lengths_i `[I]` valid patches per
+    image; pos_index_in4 / pos_weight_in4 `[I, N, 4]` bilinear taps into the learned position table;
+    rope_pos_in2 `[I, N, 2]` the (row, col) of each patch for the 2D rotary.
     """
 
     patches_inp: jax.Array
@@ -85,6 +98,38 @@ class VisionInputs:
     pos_index_in4: jax.Array
     pos_weight_in4: jax.Array
     rope_pos_in2: jax.Array
+
+
+def pixel_scale_shift(
+    mean: tuple[float, ...] = PIXEL_MEAN, std: tuple[float, ...] = PIXEL_STD
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (scale `[C]`, shift `[C]`) with `uint8 * scale + shift == (uint8 / 255 - mean) / std`; the
+    host (`data.patches`) and the tower use the same constants, so both give the same float32 rows."""
+    std32 = np.asarray(std, np.float32)
+    return 1.0 / (255.0 * std32), -np.asarray(mean, np.float32) / std32
+
+
+def patch_rows(patches_inp: jax.Array, lengths_i: jax.Array, cfg: VisionConfig) -> jax.Array:
+    """Vision input rows -> float rows `[I, N, patch_dim]` for the patch embedding.
+
+    uint8 pixel rows `[I, N, C * p * p]` (channel, patch row, patch col) are normalised and repeated
+    over the temporal patch to the reference's (channel, time, patch row, patch col) layout, padding
+    rows set to zero; float rows `[I, N, patch_dim]` are returned unchanged.
+    """
+    width = patches_inp.shape[-1]
+    if patches_inp.dtype != jnp.uint8:
+        if width != cfg.patch_dim:
+            raise ValueError(f"float patch rows must be [..., {cfg.patch_dim}], got {patches_inp.shape}")
+        return patches_inp
+    if width != cfg.pixel_dim:
+        raise ValueError(f"uint8 pixel rows must be [..., {cfg.pixel_dim}], got {patches_inp.shape}")
+    scale, shift = pixel_scale_shift()
+    lead, pp = patches_inp.shape[:-1], cfg.patch_size**2
+    x = patches_inp.reshape(*lead, cfg.in_channels, 1, pp).astype(jnp.float32)
+    x = x * jnp.asarray(scale)[:, None, None] + jnp.asarray(shift)[:, None, None]
+    x = jnp.broadcast_to(x, (*lead, cfg.in_channels, cfg.temporal_patch_size, pp)).reshape(*lead, -1)
+    valid_in = jnp.arange(lead[-1]) < lengths_i[..., None]
+    return jnp.where(valid_in[..., None], x, 0.0)
 
 
 def vision_cos_sin(rope_pos_in2: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -165,7 +210,7 @@ class VisionTower(nn.Module):
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         x = layers.Dense(
             cfg.width, ("patch", "embed"), use_bias=True, dtype=dtype, param_dtype=pdtype, name="patch_embed"
-        )(inputs.patches_inp)
+        )(patch_rows(inputs.patches_inp, inputs.lengths_i, cfg))
         pos_table = self.param(
             "pos_embed",
             nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vit_positions", "embed")),
