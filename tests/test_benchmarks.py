@@ -1,6 +1,7 @@
 """The training benchmark: its model-FLOP count against the architecture's own arithmetic, and a run of
 the trainer's step at the tiny preset."""
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -12,8 +13,10 @@ from alpamayo_jax.models import alpamayo
 def test_model_flops_follow_the_architecture():
     cfg = alpamayo.alpamayo_config("tiny")
     batch = batch_lib.fake(cfg, 2, seed=0, num_images=2, grid_hw=(4, 4))
-    params = jax.eval_shape(lambda: alpamayo.Alpamayo(cfg).init(jax.random.key(0), batch, jax.random.key(1)))
-    flops = train.model_flops(cfg, params["params"], batch)
+    params = jax.eval_shape(
+        lambda: nn.unbox(alpamayo.Alpamayo(cfg).init(jax.random.key(0), batch, jax.random.key(1)))["params"]
+    )
+    flops = train.model_flops(cfg, params, batch)
     t = cfg.vlm.text
     per_layer = t.width * (t.num_heads + 2 * t.num_kv_heads) * t.head_dim  # q, k, v
     per_layer += t.num_heads * t.head_dim * t.width + 3 * t.width * t.mlp_dim  # o, gate, up, down

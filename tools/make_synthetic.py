@@ -10,7 +10,8 @@ import time
 import tqdm
 
 from alpamayo_jax import geometry
-from alpamayo_jax.data import pai_layout, scenarios, synthetic
+from alpamayo_jax.coc import vocab as scenarios
+from alpamayo_jax.data import pai_layout, synthetic
 
 
 def main() -> None:
