@@ -1,7 +1,8 @@
 """TFDS ArrayRecord datasets of keyframe samples: `synthetic_drive` and `physical_ai_av` (no TensorFlow).
 
 One example = one keyframe: JPEG camera frames at the model resolution (camera-major, oldest frame
-first), camera ids, calibration, ego history / future in the t0 frame with the fitted normalised
+first), camera ids, calibration (intrinsics at the cameras' native resolution `image_size_wh`: the
+resize keeps normalised image coordinates), ego history / future in the t0 frame with the fitted normalised
 controls, the CoC record and its reasoning text when present, VQA pairs when present, clip id, t0.
 
 Building runs in two steps: `prepare_clips` turns each clip into its examples, one cache file per
@@ -138,7 +139,8 @@ def clip_examples(
                 "num_frames": num_frames,
                 "fw_poly": s["fw_poly"].astype(np.float32),
                 "bw_poly": s["bw_poly"].astype(np.float32),
-                "principal_point": (s["principal_point"] * s["image_scale_xy"]).astype(np.float32),
+                "principal_point": s["principal_point"].astype(np.float32),
+                "image_size_wh": s["image_size_wh"].astype(np.float32),
                 "t_rig_cam": s["t_rig_cam"].astype(np.float32),
                 "history_xyz": s["ego_history_xyz"].astype(np.float32),
                 "future_xyz": s["ego_future_xyz"].astype(np.float32),
@@ -205,6 +207,7 @@ def _features() -> tfds.features.FeaturesDict:
             "fw_poly": T(shape=(None, 5), dtype=f32),
             "bw_poly": T(shape=(None, 5), dtype=f32),
             "principal_point": T(shape=(None, 2), dtype=f32),
+            "image_size_wh": T(shape=(None, 2), dtype=f32),
             "t_rig_cam": T(shape=(None, 4, 4), dtype=f32),
             "history_xyz": T(shape=(16, 3), dtype=f32),
             "future_xyz": T(shape=(64, 3), dtype=f32),
@@ -221,7 +224,8 @@ def _features() -> tfds.features.FeaturesDict:
 class _DriveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Writes the cached clip examples of each split (see `build`)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "native-resolution intrinsics with image_size_wh (triplane tokenizer)"}
     # No checksums file: skips TFDS's source lookup, which imports the absent `importlib_resources`.
     code_path = None
 
@@ -273,6 +277,7 @@ def vqa_examples(path: str | os.PathLike, image_hw: tuple[int, int]) -> list[dic
                 "fw_poly": np.zeros((n, 5), np.float32),
                 "bw_poly": np.zeros((n, 5), np.float32),
                 "principal_point": np.zeros((n, 2), np.float32),
+                "image_size_wh": np.tile(np.array([image_hw[1], image_hw[0]], np.float32), (n, 1)),
                 "t_rig_cam": np.tile(np.eye(4, dtype=np.float32), (n, 1, 1)),
                 "history_xyz": np.zeros((16, 3), np.float32),
                 "future_xyz": np.zeros((64, 3), np.float32),
