@@ -19,9 +19,11 @@ class FakeBatches:
     """Random well-formed batches (`batch.fake`), a pure function of (seed, position, host): resuming
     at a position reproduces the batches exactly."""
 
-    def __init__(self, model_cfg: Any, batch_size: int, seq_len: int, num_images: int, seed: int):
+    def __init__(
+        self, model_cfg: Any, batch_size: int, seq_len: int, num_images: int, seed: int, num_frames: int = 1
+    ):
         self.model_cfg, self.batch_size, self.seq_len = model_cfg, batch_size, seq_len
-        self.num_images, self.seed, self.position = num_images, seed, 0
+        self.num_images, self.num_frames, self.seed, self.position = num_images, num_frames, seed, 0
 
     def __iter__(self) -> FakeBatches:
         return self
@@ -30,7 +32,12 @@ class FakeBatches:
         seed = (self.seed * 1_000_003 + self.position) * jax.process_count() + jax.process_index()
         self.position += 1
         return batch_lib.fake(
-            self.model_cfg, self.batch_size, seed=seed, num_images=self.num_images, length=self.seq_len
+            self.model_cfg,
+            self.batch_size,
+            seed=seed,
+            num_images=self.num_images,
+            length=self.seq_len,
+            num_frames=self.num_frames,
         )
 
     def get_state(self) -> dict[str, int]:
@@ -66,7 +73,7 @@ def make_input(data: Any, model_cfg: Any, seed: int, train: bool = True) -> Any:
     local = data.global_batch // jax.process_count()
     split = data.train_split if train else data.eval_split
     kinds = {
-        "fake": lambda: FakeBatches(model_cfg, local, data.seq_len, data.num_images, seed),
+        "fake": lambda: FakeBatches(model_cfg, local, data.seq_len, data.num_images, seed, data.num_frames),
         "tfds": lambda: pipeline.make_loader(
             pipeline_config(data, local, seed, split), model_cfg, jax.process_index(), jax.process_count()
         ),

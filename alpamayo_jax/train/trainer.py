@@ -1,6 +1,8 @@
 """One trainer for every stage: mesh, input, model, shard, step, checkpoint, eval, loop.
 
-A stage differs only by its config (experiments/*.py): trainable filter, loss weights, data, init_from.
+A stage differs only by its config (experiments/*.py): trainable filter, loss weights, data, init_from,
+and the model (`model.kind`: the policy, or the triplane rendering pre-training), whose losses the loss
+weights pick.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from alpamayo_jax import sharding
-from alpamayo_jax.models.alpamayo import Alpamayo, alpamayo_config
+from alpamayo_jax.models.alpamayo import Alpamayo, AlpamayoConfig, alpamayo_config
+from alpamayo_jax.models.triplane_render import RenderConfig, TriplanePretrain
 from alpamayo_jax.train import checkpoint, optimizer
 from alpamayo_jax.train.evaluate import make_trajectory_eval
 from alpamayo_jax.train.input import make_input
@@ -43,7 +46,29 @@ def mesh_of(mesh_cfg: Any) -> jax.sharding.Mesh:
 
 
 def model_config_of(model: Any):
-    return alpamayo_config(model.variant, dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat)
+    return alpamayo_config(
+        model.variant,
+        vision_tokenizer=model.vision_tokenizer,
+        triplane=dict(model.triplane),
+        flex=dict(model.flex),
+        dtype=model.dtype,
+        param_dtype=model.param_dtype,
+        remat=model.remat,
+    )
+
+
+def model_of(model: Any, model_cfg: AlpamayoConfig) -> nn.Module:
+    """The module a run trains (`model.kind`): `Alpamayo`, or `TriplanePretrain` of the config's
+    triplane tokenizer with `model.render` (RenderConfig fields plus `out_hw`)."""
+    if model.kind == "alpamayo":
+        return Alpamayo(model_cfg)
+    if model.kind == "triplane_render":
+        if model_cfg.vision_tokenizer != "triplane":
+            raise ValueError("model.kind 'triplane_render' needs model.vision_tokenizer 'triplane'")
+        render = dict(model.render)
+        out_hw = tuple(render.pop("out_hw"))
+        return TriplanePretrain(model_cfg.triplane, RenderConfig(**render), out_hw)
+    raise ValueError(f"model.kind {model.kind!r}; known: 'alpamayo', 'triplane_render'")
 
 
 def host_to_global(batch: Any, shardings: Any) -> Any:
@@ -80,6 +105,7 @@ def check_paths(config: Any) -> None:
     for field, path in (
         ("checkpoint.resume_from", config.checkpoint.resume_from),
         ("init_from.path", config.init_from.path),
+        ("init_from.tokenizer_path", config.init_from.tokenizer_path),
     ):
         if path and not os.path.exists(path):
             raise FileNotFoundError(f"{field}: checkpoint {path} does not exist")
@@ -113,7 +139,7 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
     )
     batch_sh = sharding.batch_shardings(global_example, mesh)
     # Model.
-    model = Alpamayo(model_cfg)
+    model = model_of(config.model, model_cfg)
     init_rng, run_rng = jax.random.split(jax.random.key(config.seed))
     boxed = jax.eval_shape(lambda b: model.init(init_rng, b, init_rng), global_example)["params"]
     abstract_params = nn.unbox(boxed)
@@ -163,10 +189,12 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
         model, tx, dict(config.model.loss_weights), trainable, config.optim.ema_decay
     )
     ce_eval = make_eval_step(model, dict(config.model.loss_weights))
-    traj_eval = make_trajectory_eval(model, config.eval.num_samples, config.eval.flow_steps)
+    traj_eval = None
+    if isinstance(model, Alpamayo):
+        traj_eval = make_trajectory_eval(model, config.eval.num_samples, config.eval.flow_steps)
 
     def eval_step(params: Any, batch: Any, rng: jax.Array) -> dict[str, jax.Array]:
-        return {**ce_eval(params, batch, rng), **traj_eval(params, batch, rng)}
+        return {**ce_eval(params, batch, rng), **(traj_eval(params, batch, rng) if traj_eval else {})}
 
     step_jit = jax.jit(
         train_step,
