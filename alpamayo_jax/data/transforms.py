@@ -58,7 +58,7 @@ def triplane_views(example: dict, model_cfg, where: str) -> dict:
         raise ValueError(f"{where}: frames are {frames.shape[1:3]}, the triplane tokenizer takes {hw}")
     if len(frames) % num_frames:
         raise ValueError(f"{where}: {len(frames)} images do not split into {num_frames} frames per camera")
-    frames = frames.reshape(-1, num_frames, *hw, 3).transpose(1, 0, 2, 3, 4, 5)
+    frames = frames.reshape(-1, num_frames, *hw, 3).transpose(1, 0, 2, 3, 4)
     f32 = np.float32
     cameras = Cameras(
         fw_poly_bvk=np.asarray(example["fw_poly"], f32),
