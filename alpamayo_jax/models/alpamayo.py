@@ -27,6 +27,8 @@ from alpamayo_jax.models.triplane import GridAxis, TriplaneConfig, TriplaneToken
 from alpamayo_jax.models.vlm import unstack_layers
 from alpamayo_jax.trajectory_tokens import TokenLayout
 
+TRIPLANE_AXES = ("x_axis", "y_axis", "z_axis")
+
 
 @dataclasses.dataclass(frozen=True)
 class AlpamayoConfig:
@@ -81,7 +83,10 @@ class AlpamayoConfig:
         tokens = dict(d["tokens"], special_tokens=tuple(d["tokens"]["special_tokens"]))
         triplane = d.get("triplane")
         if triplane is not None:
-            axes = {a: GridAxis(tuple(triplane[a]["edge_cells"]), tuple(triplane[a]["edge_m"])) for a in AXES}
+            axes = {
+                a: GridAxis(tuple(triplane[a]["edge_cells"]), tuple(triplane[a]["edge_m"]))
+                for a in TRIPLANE_AXES
+            }
             triplane = TriplaneConfig(**dict(triplane, image_hw=tuple(triplane["image_hw"]), **axes))
         return cls(
             vlm=Qwen3VLConfig.from_dict(d["vlm"]),
@@ -93,9 +98,6 @@ class AlpamayoConfig:
             triplane_patch=tuple(d.get("triplane_patch", (8, 8, 8))),
             flex=None if d.get("flex") is None else FlexConfig(**d["flex"]),
         )
-
-
-AXES = ("x_axis", "y_axis", "z_axis")
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
