@@ -7,8 +7,8 @@ layout of those slots (how many image tokens, in which runs, at which M-RoPE pos
 - `triplane` (SPEC 1.5): one run per timestep of `tokens_per_timestep(cfg, patch)` tokens (xy, then
   xz, then yz plane patches). Each plane is positioned like an image of its patch grid: t = its start,
   h = start + row, w = start + col with (row, col) the (x, y), (x, z) and (y, z) patch cells; the next
-  plane starts after max(rows, cols) as consecutive images do. The planes of a timestep thus share
-  the t stream value only within a plane, and later timesteps sit at later positions. No DeepStack.
+  plane starts after max(rows, cols) as consecutive images do, and later timesteps follow at later
+  positions. No DeepStack.
 - `flex` (SPEC 1.5): one run of K = tokens_per_image x cameras x frames scene tokens with sequential
   (text-like) positions on all three streams: the scene tokens have no spatial order. No DeepStack.
 
