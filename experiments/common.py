@@ -3,6 +3,11 @@ trainable / init_from, and the presets `tiny` (CPU, fake data), `2b` and `10b` (
 
 Values are plain data (the config is saved as JSON with every checkpoint); the returned ConfigDict is
 locked, so an override naming no field fails before any compute.
+
+Every stage honours `model.vision_tokenizer` (per_image | triplane | flex, with `model.triplane` /
+`model.flex`), e.g. `--config.model.vision_tokenizer=triplane --config.model.triplane.patch='(4,6,6)'`;
+a triplane policy takes its pre-trained tokenizer from `init_from.tokenizer_path`
+(experiments/stage_triplane_pretrain.py).
 """
 
 from __future__ import annotations
