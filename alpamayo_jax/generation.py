@@ -64,9 +64,16 @@ def cache_slots(needed: int) -> int:
     return -(-needed // CACHE_ALIGN) * CACHE_ALIGN
 
 
-def prefill(model: Qwen3VL, params: Any, prompt: PromptInputs, cache_size: int) -> tuple[jax.Array, KVCache]:
+def prefill(
+    model: Qwen3VL,
+    params: Any,
+    prompt: PromptInputs,
+    cache_size: int,
+    features_bfd: jax.Array | None = None,
+) -> tuple[jax.Array, KVCache]:
     """Runs the prompt into a fresh cache of at least `cache_size` slots; returns (next-token logits
-    `[B, V]`, cache)."""
+    `[B, V]`, cache). `features_bfd`: the image-slot features of a triplane / flex tokenizer (by
+    default the prompt's images go through the ViT)."""
     batch = prompt.tokens_bl.shape[0]
     cache = KVCache.zeros(model.cfg.text, batch, cache_slots(cache_size))
     logits, cache = model.apply(
@@ -77,6 +84,7 @@ def prefill(model: Qwen3VL, params: Any, prompt: PromptInputs, cache_size: int) 
         prompt.images,
         prompt.image_slots_bl,
         cache,
+        features_bfd,
     )
     return last_valid_logits(logits, prompt.valid_bl), cache
 

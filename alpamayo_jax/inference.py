@@ -1,9 +1,10 @@
 """The compiled inference path of Alpamayo-R1: one jitted program per static shape.
 
-vision -> prefill into a fixed-size KV cache -> reasoning decode in `lax.while_loop` (trajectory
-ids masked, stop at <|traj_future_start|> or the token budget, per-sample lengths) -> the flow
-sampler, which computes nothing of the prefix again (each Euler step runs only the action tokens
-against the cached K/V) -> controls -> waypoints. k samples per scene share one prefill.
+vision (the configured tokenizer: per-image ViT, triplane or Flex) -> prefill into a fixed-size KV
+cache -> reasoning decode in `lax.while_loop` (trajectory ids masked, stop at <|traj_future_start|>
+or the token budget, per-sample lengths) -> the flow sampler, which computes nothing of the prefix
+again (each Euler step runs only the action tokens against the cached K/V) -> controls -> waypoints.
+k samples per scene share one prefill.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def repeat_samples(tree: Any, k: int, axis_of: Callable[[jax.Array], int]) -> An
     return jax.tree_util.tree_map(lambda x: jnp.repeat(x, k, axis=axis_of(x)), tree)
 
 
+def vision_features(cfg: AlpamayoConfig, params: Any, prompt: PromptInputs) -> jax.Array | None:
+    """The triplane / flex tokens of the prompt's image slots `[B, F, D]`; None for per_image (the
+    prefill runs the ViT itself, with DeepStack)."""
+    if cfg.vision_tokenizer == "per_image":
+        return None
+    return Alpamayo(cfg).apply({"params": params}, prompt, method=Alpamayo.vision_features)
+
+
 def reason(
     cfg: AlpamayoConfig, icfg: InferenceConfig, params: Any, prompt: PromptInputs, rng: jax.Array
 ) -> tuple[jax.Array, jax.Array, KVCache, jax.Array]:
@@ -66,7 +75,9 @@ def reason(
     stop = cfg.tokens.special_id("traj_future_start")
     budget = icfg.max_reasoning_tokens
     cache_size = prompt.tokens_bl.shape[1] + budget + 1
-    logits, cache = generation.prefill(vlm, vlm_params, prompt, cache_size)
+    logits, cache = generation.prefill(
+        vlm, vlm_params, prompt, cache_size, vision_features(cfg, params, prompt)
+    )
     k = icfg.num_samples
     logits = jnp.repeat(logits, k, axis=0)
     cache = cache.repeat(k)

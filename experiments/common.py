@@ -3,6 +3,11 @@ trainable / init_from, and the presets `tiny` (CPU, fake data), `2b` and `10b` (
 
 Values are plain data (the config is saved as JSON with every checkpoint); the returned ConfigDict is
 locked, so an override naming no field fails before any compute.
+
+Every stage honours `model.vision_tokenizer` (per_image | triplane | flex, with `model.triplane` /
+`model.flex`), e.g. `--config.model.vision_tokenizer=triplane --config.model.triplane.patch='(4,6,6)'`;
+a triplane policy takes its pre-trained tokenizer from `init_from.tokenizer_path`
+(experiments/stage_triplane_pretrain.py).
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ import ml_collections
 
 PRESETS = ("tiny", "2b", "10b")
 MODEL_VARIANT = {"tiny": "tiny", "2b": "ar1_2b", "10b": "ar1_10b"}
+# What a triplane pre-training run (stage_triplane_pretrain.py) trains of the tokenizer: everything but
+# the LLM-width projection and the plane embeddings, which only a policy stage trains.
+TRIPLANE_PRETRAINED = ("triplane/backbone", "triplane/value", "triplane/lift")
 
 
 def base_config(preset: str) -> ml_collections.ConfigDict:
@@ -30,6 +38,17 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     c.model.remat = "none" if tiny else "full"
     c.model.attention = "auto"  # auto (cuDNN flash attention on GPUs, XLA elsewhere) | cudnn | xla
     c.model.loss_weights = ml_collections.ConfigDict(dict(text_ce=1.0, traj_ce=1.0, flow=1.0))
+    c.model.kind = "alpamayo"  # the trainer's model: "alpamayo" (policy) or "triplane_render" (pre-training)
+    # What fills the image slots (models/vision_tokens.py): "per_image" (the ViT), "triplane", "flex".
+    c.model.vision_tokenizer = "per_image"
+    # Triplane: patch (p_x, p_y, p_z) of the tokens (an inference-time choice), front-only half planes.
+    c.model.triplane = ml_collections.ConfigDict(
+        dict(patch=(4, 4, 4) if tiny else (8, 8, 8), half_planes=False)
+    )
+    # Flex: scene tokens per image over a fixed cameras x frames layout (= data.num_images, num_frames).
+    c.model.flex = ml_collections.ConfigDict(
+        dict(tokens_per_image=8 if tiny else 16, num_cameras=2 if tiny else 4, num_frames=1 if tiny else 4)
+    )
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "fake"
@@ -41,6 +60,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     c.data.fake.grid_hw = (4, 4) if tiny else (20, 36)
     c.data.fake.prompt_len = 8 if tiny else 30
     c.data.fake.reasoning_len = 6 if tiny else 40
+    c.data.num_frames = 1 if tiny else 4  # per camera (images are camera-major)
     # kind "tfds": datasets built by tools/build_dataset.py, read through alpamayo_jax.data.pipeline.
     c.data.data_dir = ""
     c.data.sources = ()  # each dict(name=..., stage=0..3, weight=...)
@@ -89,6 +109,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     c.init_from.path = ""
     c.init_from.kind = "checkpoint"
     c.init_from.subtrees = ("vlm",)
+    # A stage_triplane_pretrain run whose tokenizer is restored on top (vision_tokenizer "triplane").
+    c.init_from.tokenizer_path = ""
+    c.init_from.tokenizer_subtrees = TRIPLANE_PRETRAINED
     return c
 
 

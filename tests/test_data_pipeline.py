@@ -13,7 +13,16 @@ from PIL import Image
 
 from alpamayo_jax.benchmarks import data as data_bench
 from alpamayo_jax.data import batch as batch_lib
-from alpamayo_jax.data import drive_dataset, pipeline, prompts, synthetic, tokenizer, transforms, vqa
+from alpamayo_jax.data import (
+    drive_dataset,
+    pipeline,
+    prompts,
+    synthetic,
+    synthetic_render,
+    tokenizer,
+    transforms,
+    vqa,
+)
 from alpamayo_jax.models import vision
 from alpamayo_jax.models.alpamayo import alpamayo_config
 
@@ -308,3 +317,41 @@ def test_loader_benchmark_runs():
     pixels = 16 * 4 * 6 * 3 * 16 * 16
     assert pixels / 1e6 < out["uint8_batch_mb_per_sample"] < pixels / 1e6 + 0.1
     assert 8 * pixels / 1e6 < out["float32_batch_mb_per_sample"] < 8 * pixels / 1e6 + 0.1
+
+
+@pytest.mark.parametrize("kind", ["triplane", "flex"])
+def test_tokenizer_inputs_from_the_dataset(built, kind):
+    """Triplane: frames [T, V] at the model size and the rig's native calibration; Flex: ViT patch rows
+    with the frame / camera index of each camera-major image. Through the transforms and the loader."""
+    data_dir, _, _ = built
+    cfg = alpamayo_config(
+        "tiny",
+        vision_tokenizer=kind,
+        triplane=dict(image_hw=(64, 96), patch_size=8, patch=(4, 4, 4)),
+        flex=dict(num_cameras=2, num_frames=2),
+    )
+    source = pipeline.data_source(data_dir, "synthetic_drive", "train")
+    tok = tokenizer.load("sentencepiece", SP_MODEL, cfg)
+    samples = [transforms.example_sample(source[i], 1, tok, cfg, np.random.default_rng(i)) for i in range(2)]
+    b = transforms.batch_samples(samples, cfg, BUCKETS)
+    n_image = (b.tokens_bl == cfg.vlm.image_token_id).sum(1)
+    if kind == "triplane":
+        assert b.images is None and b.frames_btvhw3.shape == (2, 2, 2, 64, 96, 3)
+        assert n_image.tolist() == [2 * 32] * 2  # 32 tokens per timestep
+        for t, v in itertools.product(range(2), range(2)):
+            np.testing.assert_array_equal(
+                b.frames_btvhw3[0, t, v], drive_dataset.decode_jpeg(source[0]["images"][2 * v + t])
+            )
+        for v, name in enumerate(CAMERAS):
+            spec = synthetic_render.make_camera(name, 96, 64)
+            np.testing.assert_allclose(b.cameras.fw_poly_bvk[0, v], spec.fw_poly, rtol=1e-5)
+            np.testing.assert_allclose(b.cameras.principal_point_bv2[0, v], spec.principal_point, rtol=1e-5)
+            assert b.cameras.size_bv2[0, v].tolist() == [96, 64]
+            np.testing.assert_allclose(b.cameras.t_rig_cam_bv44[0, v, :3, :3], spec.rotation_33, atol=1e-5)
+    else:
+        assert b.frames_btvhw3 is None and b.images.patches_inp.shape[:2] == (2, 4)
+        assert n_image.tolist() == [16 * 4] * 2
+        assert b.image_frame_bn.tolist() == [[0, 1, 0, 1]] * 2
+        assert b.image_camera_bn.tolist() == [[0, 0, 1, 1]] * 2
+    loaded = next(pipeline.make_loader(_data_cfg(data_dir, [_src(1)]), cfg))
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(b)

@@ -1,9 +1,11 @@
 """Benchmarks; prints one JSON object (record GPU numbers in docs/PERFORMANCE.md).
 
     python tools/benchmark.py --preset ar1_2b --what infer --json
+    python tools/benchmark.py --preset ar1_2b --what infer --tokenizer triplane --json
 
 `--what infer`: latency of the compiled policy at the release input shapes (vision, prefill, decode per
-token, flow per step, end to end), medians after warm-up, compile times apart.
+token, flow per step, end to end), medians after warm-up, compile times apart; `--tokenizer` picks the
+vision tokenizer (per_image, triplane with `--triplane-patch`, flex with `--flex-tokens` per image).
 `--what train`: step time, tokens/s, MFU and memory of a stage's train step (`--stage`, `--remat`,
 `--batch`) at the release input shapes.
 `--what data`: samples/s of the input pipeline.
@@ -31,14 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unroll", type=int, default=1, help="layers unrolled per scan step")
     parser.add_argument("--scan", action="store_true", help="stacked (training) layer layout")
     parser.add_argument("--unfused", action="store_true", help="separate q/k/v and gate/up kernels")
+    parser.add_argument("--tokenizer", default="per_image", choices=["per_image", "triplane", "flex"])
+    parser.add_argument("--triplane-patch", type=int, nargs=3, default=(8, 8, 8), help="p_x p_y p_z")
+    parser.add_argument("--flex-tokens", type=int, default=16, help="Flex scene tokens per image")
     parser.add_argument("--stage", default="stage2_coc_sft", help="train: experiment file (stage1/2)")
     parser.add_argument("--remat", default="full", help="train: remat policy (none, full, dots, ...)")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
     if args.what == "train":
         result = train.run(args.preset, batch=args.batch, reps=args.reps, stage=args.stage, remat=args.remat)
+    elif args.what == "data":
+        result = data.run(args.preset, batch=args.batch, reps=args.reps)
     else:
-        result = BENCHMARKS[args.what](
+        result = infer.run(
             args.preset,
             batch=args.batch,
             reps=args.reps,
@@ -46,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             unroll=args.unroll,
             scan_layers=args.scan,
-            **({"fused_projections": not args.unfused} if args.what == "infer" else {}),
+            fused_projections=not args.unfused,
+            tokenizer=args.tokenizer,
+            triplane_patch=tuple(args.triplane_patch),
+            flex_tokens=args.flex_tokens,
         )
     if args.json:
         print(json.dumps(result))

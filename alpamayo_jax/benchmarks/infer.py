@@ -3,7 +3,12 @@
 Release shapes (SPEC 1.2): 4 cameras x 4 frames at 320x576 (180 merged tokens each, 2,880 in all),
 48 history tokens, a 30-token prompt, batch 1; 40 reasoning tokens (forced, greedy) and 5 or 10 flow
 steps. Each stage is its own compiled program so its time is measured alone; `total_ms` is the one
-program that users call.
+program that users call. The `tiny` preset runs at tiny shapes (CPU smoke test).
+
+`tokenizer` picks the vision tokenizer (SPEC 1.5): `per_image` (the ViT: 2,880 image tokens),
+`triplane` (patch `triplane_patch`, 288 tokens per timestep: 1,152) or `flex` (`flex_tokens` per
+image: 256 at 16). `vision_tokens` and `prefix_tokens` are the image and prompt tokens per sample;
+`vision_ms` the tokenizer alone (ViT + Flex for flex), `prefill_ms` the prefill without it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from alpamayo_jax.models.qwen3vl_inputs import PromptInputs
 RELEASE_SHAPES = dict(
     cameras=4, frames=4, height=320, width=576, history_tokens=48, prompt_tokens=30, reasoning_tokens=40
 )
+TINY_SHAPES = dict(
+    cameras=2, frames=2, height=64, width=64, history_tokens=48, prompt_tokens=8, reasoning_tokens=4
+)
 
 
 def release_prompt(
@@ -34,7 +42,8 @@ def release_prompt(
     rng: np.random.Generator,
     shapes: dict[str, int] = RELEASE_SHAPES,
 ) -> tuple[PromptInputs, np.ndarray]:
-    """A prompt of the release layout: images, history block, prompt text, <|cot_start|>."""
+    """A prompt of the release layout: images (the tokenizer's inputs), history block, prompt text,
+    <|cot_start|>. Images are camera-major; triplane frames come from the synthetic rig."""
     vcfg = cfg.vlm.vision
     h, w = shapes["height"] // vcfg.patch_size, shapes["width"] // vcfg.patch_size
     num_images = shapes["cameras"] * shapes["frames"]
@@ -42,13 +51,14 @@ def release_prompt(
         cfg.vlm.image_token_id, cfg.vlm.vision_start_token_id, cfg.vlm.vision_end_token_id, cfg.tokens
     )
     text_hi = min(cfg.tokens.base_vocab_size, cfg.vlm.image_token_id)
-    samples, images, trajs = [], [], []
+    samples, images, trajs, runs, views = [], [], [], [], []
     for _ in range(batch):
         traj = batch_lib.random_trajectory(rng, cfg.tokens.num_waypoints, cfg.tokens.num_history)
         history = trajectory_tokens.encode_history(traj["history_xyz"], cfg.tokens)
+        run, view = batch_lib.tokenizer_views(cfg, rng, num_images, shapes["frames"])
         sample = batch_lib.assemble_sample(
             ids,
-            [h * w // vcfg.spatial_merge**2] * num_images,
+            list(run.tokens) if run else [h * w // vcfg.spatial_merge**2] * num_images,
             history,
             rng.integers(0, text_hi, shapes["prompt_tokens"]),
             None,
@@ -58,26 +68,51 @@ def release_prompt(
         sample["text_loss"] = np.append(sample["text_loss"], 0.0)
         sample["traj_loss"] = np.append(sample["traj_loss"], 0.0)
         samples.append(sample)
-        pixels = rng.standard_normal((num_images * h * w, vcfg.patch_dim)).astype(np.float32)
-        grid = np.array([[1, h, w]] * num_images)
-        images.append((qwen3vl_inputs.vision_inputs(pixels, grid, vcfg), grid))
+        if cfg.vision_tokenizer != "triplane":
+            pixels = rng.standard_normal((num_images * h * w, vcfg.patch_dim)).astype(np.float32)
+            grid = np.array([[1, h, w]] * num_images)
+            images.append((qwen3vl_inputs.vision_inputs(pixels, grid, vcfg), grid))
         trajs.append(traj)
+        runs.append(run)
+        views.append(view)
     length = len(samples[0]["tokens"])
-    b = batch_lib.collate(samples, images, trajs, length, cfg.vlm.image_token_id, vcfg.spatial_merge)
+    per_image = cfg.vision_tokenizer == "per_image"
+    b = batch_lib.collate(
+        samples,
+        images or None,
+        trajs,
+        length,
+        cfg.vlm.image_token_id,
+        vcfg.spatial_merge,
+        runs=None if per_image else runs,
+        views=None if per_image else views,
+    )
+    patches = None
+    if b.images is not None:
+        patches = b.images.replace(patches_inp=b.images.patches_inp.astype(jnp.dtype(cfg.vlm.vision.dtype)))
     prompt = PromptInputs(
         tokens_bl=b.tokens_bl,
         positions_3bl=b.positions_3bl,
         valid_bl=b.valid_bl,
         next_position_b=b.positions_3bl[0, :, -1] + 1,
-        images=b.images.replace(patches_inp=b.images.patches_inp.astype(jnp.dtype(cfg.vlm.vision.dtype))),
+        images=patches,
         image_slots_bl=b.image_slots_bl,
+        frames_btvhw3=b.frames_btvhw3,
+        cameras=b.cameras,
+        image_frame_bn=b.image_frame_bn,
+        image_camera_bn=b.image_camera_bn,
     )
     return prompt, b.history_xyz_bh3
 
 
 def init_params(cfg: alpamayo.AlpamayoConfig, seed: int = 0) -> Any:
     """Random parameters created on the device in the config's param dtype."""
-    tiny_batch = batch_lib.fake(cfg, 1, num_images=1, grid_hw=(2, 2), prompt_len=2, reasoning_len=1)
+    cameras, frames = (
+        (cfg.flex.num_cameras, cfg.flex.num_frames) if cfg.vision_tokenizer == "flex" else (1, 1)
+    )
+    tiny_batch = batch_lib.fake(
+        cfg, 1, num_images=cameras * frames, num_frames=frames, grid_hw=(2, 2), prompt_len=2, reasoning_len=1
+    )
     init = jax.jit(lambda rng: nn.unbox(alpamayo.Alpamayo(cfg).init(rng, tiny_batch, rng))["params"])
     return init(jax.random.key(seed))
 
@@ -92,13 +127,21 @@ def run(
     unroll: int = 1,
     scan_layers: bool = False,
     fused_projections: bool = True,
+    tokenizer: str = "per_image",
+    triplane_patch: tuple[int, int, int] = (8, 8, 8),
+    flex_tokens: int = 16,
 ) -> dict[str, Any]:
     """`scan_layers=False, fused_projections=True` is the inference layout (one parameter set per layer,
-    one qkv and one gate_up GEMM per layer); `unroll` applies to scanned towers."""
+    one qkv and one gate_up GEMM per layer); `unroll` applies to scanned towers. `tokenizer`:
+    per_image, triplane (patch `triplane_patch`) or flex (`flex_tokens` per image)."""
     if attention_impl is None:
         attention_impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    shapes = TINY_SHAPES if preset == "tiny" else RELEASE_SHAPES
     cfg = alpamayo.alpamayo_config(
         preset,
+        vision_tokenizer=tokenizer,
+        triplane=dict(patch=triplane_patch),
+        flex=dict(tokens_per_image=flex_tokens, num_cameras=shapes["cameras"], num_frames=shapes["frames"]),
         dtype=dtype,
         param_dtype=dtype,
         attention_impl=attention_impl,
@@ -107,12 +150,13 @@ def run(
         fused_projections=fused_projections and not scan_layers,
     )
     params = init_params(cfg)
-    prompt, history = release_prompt(cfg, batch, np.random.default_rng(0))
+    prompt, history = release_prompt(cfg, batch, np.random.default_rng(0), shapes)
     prompt, history = jax.device_put((prompt, history))
-    n_reason = RELEASE_SHAPES["reasoning_tokens"]
+    n_reason = shapes["reasoning_tokens"]
     vlm = Qwen3VL(cfg.vlm)
     result: dict[str, Any] = dict(
         preset=preset,
+        tokenizer=tokenizer,
         device=jax.devices()[0].device_kind,
         backend=jax.default_backend(),
         batch=batch,
@@ -125,21 +169,26 @@ def run(
         params_b={k: sum(x.size for x in jax.tree_util.tree_leaves(v)) / 1e9 for k, v in params.items()},
     )
 
-    vision = jax.jit(
-        lambda p, images: nn.apply(
-            lambda m, im: m.vision(jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), im)), vlm
-        )({"params": p}, images)
-    )
-    t = time_compiled(vision, params["vlm"], prompt.images, reps=reps)
+    if tokenizer == "per_image":
+        vision = jax.jit(
+            lambda p, pr: nn.apply(
+                lambda m, im: m.vision(jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), im)), vlm
+            )({"params": p["vlm"]}, pr.images)
+        )
+    else:
+        vision = jax.jit(lambda p, pr: inference.vision_features(cfg, p, pr))
+    t = time_compiled(vision, params, prompt, reps=reps)
     result["vision_ms"], compile_ms = t["median_ms"], {"vision": t["compile_ms"]}
 
     cache_size = prompt.tokens_bl.shape[1] + n_reason + 1
-    prefill = jax.jit(lambda p, pr: generation.prefill(vlm, p, pr, cache_size))
-    t = time_compiled(prefill, params["vlm"], prompt, reps=reps)
+    prefill = jax.jit(
+        lambda p, pr: generation.prefill(vlm, p["vlm"], pr, cache_size, inference.vision_features(cfg, p, pr))
+    )
+    t = time_compiled(prefill, params, prompt, reps=reps)
     result["prefill_with_vision_ms"], compile_ms["prefill"] = t["median_ms"], t["compile_ms"]
     result["prefill_ms"] = result["prefill_with_vision_ms"] - result["vision_ms"]
 
-    logits, cache = prefill(params["vlm"], prompt)
+    logits, cache = prefill(params, prompt)
     sampling = generation.SamplingConfig(0.0, 1.0, None)
     decode = jax.jit(
         lambda p, lg, c, pos, rng: generation.decode(vlm, p, lg, c, pos, rng, n_reason, sampling)

@@ -15,7 +15,9 @@ import jax
 import numpy as np
 
 from alpamayo_jax import action_space, trajectory_tokens
-from alpamayo_jax.models import qwen3vl_inputs
+from alpamayo_jax.data import rig_views
+from alpamayo_jax.models import qwen3vl_inputs, vision_tokens
+from alpamayo_jax.models.triplane import Cameras
 from alpamayo_jax.models.vision import VisionInputs
 
 
@@ -32,6 +34,11 @@ class Batch:
     token; controls_ba2: normalised ground-truth (accel, curvature); has_trajectory_b: the sample has
     a trajectory target; history_xyz_bh3, future_xy_ba2, future_yaw_ba: ego history and future in
     the t0 frame (evaluation).
+
+    Inputs of the other vision tokenizers (`models.vision_tokens`; None when unused): frames_btvhw3
+    uint8 camera frames at the triplane's resolution `[B, T, V, H, W, 3]` (T timesteps, oldest first)
+    and their `cameras` (calibration `[B, V, ...]`) for the triplane; image_frame_bn / image_camera_bn
+    the frame and camera index of each image of `images` for Flex.
     """
 
     tokens_bl: jax.Array
@@ -48,6 +55,10 @@ class Batch:
     history_xyz_bh3: jax.Array
     future_xy_ba2: jax.Array
     future_yaw_ba: jax.Array
+    frames_btvhw3: jax.Array | None = None
+    cameras: Cameras | None = None
+    image_frame_bn: jax.Array | None = None
+    image_camera_bn: jax.Array | None = None
 
     @property
     def batch_size(self) -> int:
@@ -146,12 +157,18 @@ def collate(
     length: int,
     image_token_id: int,
     spatial_merge: int,
+    runs: list[vision_tokens.ImageRuns] | None = None,
+    views: list[dict] | None = None,
 ) -> Batch:
     """Right-pads `assemble_sample` outputs to `length` and stacks them with their images.
 
     images: per sample, a VisionInputs over its own images and their `grid_thw` (same image count and
     padded patch count for all samples); trajectories: per sample `controls` [A, 2] (normalised),
     `history_xyz` [H, 3], `future_xy` [A, 2], `future_yaw` [A], `has_trajectory` (bool).
+    runs: per sample, the image-token layout of a triplane / flex tokenizer (`vision_tokens.image_runs`):
+    its M-RoPE grids replace the images' and image token k reads the tokenizer's feature row k.
+    views: per sample, that tokenizer's inputs by Batch field (frames_btvhw3, cameras, image_frame_bn,
+    image_camera_bn) without the batch axis.
     """
     b = len(samples)
     tokens = np.zeros((b, length), np.int32)
@@ -168,22 +185,34 @@ def collate(
             raise ValueError(f"sample {i} has {n} tokens, more than the batch length {length}")
         tokens[i, :n], valid[i, :n] = s["tokens"], True
         text_loss[i, :n], traj_loss[i, :n] = s["text_loss"], s["traj_loss"]
-        grid = None if images is None else images[i][1]
-        pos, _ = qwen3vl_inputs.mrope_positions(
-            tokens[i : i + 1, :n], None, grid, image_token_id, spatial_merge
-        )
+        if runs is not None:
+            run = runs[i]
+            if int((tokens[i, :n] == image_token_id).sum()) != sum(run.tokens):
+                raise ValueError(f"sample {i}: image tokens do not match the tokenizer's {sum(run.tokens)}")
+            # Without grids the image tokens are positioned as text (an id that never occurs).
+            pos_id = image_token_id if run.grid_thw is not None else -1
+            pos, _ = qwen3vl_inputs.mrope_positions(
+                tokens[i : i + 1, :n], None, run.grid_thw, pos_id, spatial_merge
+            )
+            slots[i, :n] = vision_tokens.sequential_slots(tokens[i, :n], image_token_id)
+        else:
+            grid = None if images is None else images[i][1]
+            pos, _ = qwen3vl_inputs.mrope_positions(
+                tokens[i : i + 1, :n], None, grid, image_token_id, spatial_merge
+            )
+            if images is not None:
+                per = images[i][0].patches_inp.shape[1] // spatial_merge**2
+                slots[i, :n] = qwen3vl_inputs.image_slots(
+                    tokens[i : i + 1, :n], grid, image_token_id, spatial_merge, per
+                )[0]
         positions[:, i, :n] = pos[:, 0]
-        if images is not None:
-            per = images[i][0].patches_inp.shape[1] // spatial_merge**2
-            slots[i, :n] = qwen3vl_inputs.image_slots(
-                tokens[i : i + 1, :n], grid, image_token_id, spatial_merge, per
-            )[0]
         prefix_len[i] = s["expert_prefix_len"]
         if prefix_len[i]:
             first_action[i] = positions[0, i, prefix_len[i] - 1] + 1
     stacked_images = None
     if images is not None:
         stacked_images = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[im for im, _ in images])
+    extra = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *views) if views else {}
     traj = {k: np.stack([t[k] for t in trajectories]) for k in trajectories[0]}
     return Batch(
         tokens_bl=tokens,
@@ -200,6 +229,7 @@ def collate(
         history_xyz_bh3=traj["history_xyz"].astype(np.float32),
         future_xy_ba2=traj["future_xy"].astype(np.float32),
         future_yaw_ba=traj["future_yaw"].astype(np.float32),
+        **extra,
     )
 
 
@@ -223,6 +253,23 @@ def random_trajectory(rng: np.random.Generator, num_waypoints: int = 64, num_his
     )
 
 
+def tokenizer_views(
+    cfg, rng: np.random.Generator, num_images: int, num_frames: int
+) -> tuple[vision_tokens.ImageRuns | None, dict]:
+    """A fake sample's image-token runs and tokenizer inputs for `cfg.vision_tokenizer` (per_image:
+    (None, {})): triplane frames of the synthetic rig at the tokenizer's resolution with their cameras,
+    or Flex frame / camera indices of camera-major images."""
+    if cfg.vision_tokenizer == "per_image":
+        return None, {}
+    runs = vision_tokens.image_runs(cfg, num_images, num_frames, (0, 0))
+    if cfg.vision_tokenizer == "flex":
+        frame, camera = vision_tokens.camera_major_ids(num_images, num_frames)
+        return runs, dict(image_frame_bn=frame, image_camera_bn=camera)
+    specs = rig_views.rig_specs(num_images // num_frames, cfg.triplane.image_hw, cfg.triplane.camera_model)
+    frames = rig_views.procedural_views(rng, specs, num_frames)
+    return runs, dict(frames_btvhw3=frames, cameras=rig_views.cameras_of(specs))
+
+
 def fake(
     cfg,
     batch_size: int,
@@ -232,34 +279,52 @@ def fake(
     prompt_len: int = 8,
     reasoning_len: int = 6,
     length: int | None = None,
+    num_frames: int = 1,
 ) -> Batch:
-    """A random, well-formed training batch for an `AlpamayoConfig` (tests and benchmarks)."""
+    """A random, well-formed training batch for an `AlpamayoConfig` (tests and benchmarks).
+
+    `num_images` camera-major images of `num_frames` frames per camera: ViT patch rows of `grid_hw`
+    (per_image, flex) or procedural frames of the synthetic rig (triplane).
+    """
     rng = np.random.default_rng(seed)
     layout, vcfg = cfg.tokens, cfg.vlm.vision
     ids = SequenceIds.of(
         cfg.vlm.image_token_id, cfg.vlm.vision_start_token_id, cfg.vlm.vision_end_token_id, layout
     )
     text_hi = min(layout.base_vocab_size, cfg.vlm.image_token_id)
-    samples, images, trajs = [], [], []
+    samples, images, trajs, runs, views = [], [], [], [], []
     h, w = grid_hw
     merge = vcfg.spatial_merge
     for _ in range(batch_size):
         traj = random_trajectory(rng, layout.num_waypoints, layout.num_history)
         history_ids = trajectory_tokens.encode_history(traj["history_xyz"], layout)
         future_ids = trajectory_tokens.encode_future(traj["controls"], layout)
+        run, view = tokenizer_views(cfg, rng, num_images, num_frames)
         samples.append(
             assemble_sample(
                 ids,
-                [h * w // merge**2] * num_images,
+                list(run.tokens) if run else [h * w // merge**2] * num_images,
                 history_ids,
                 rng.integers(0, text_hi, prompt_len),
                 rng.integers(0, text_hi, reasoning_len),
                 future_ids,
             )
         )
-        pixels = rng.integers(0, 256, (num_images * h * w, vcfg.pixel_dim), dtype=np.uint8)
-        grid = np.array([[1, h, w]] * num_images)
-        images.append((qwen3vl_inputs.vision_inputs(pixels, grid, vcfg), grid))
+        if cfg.vision_tokenizer != "triplane":
+            pixels = rng.integers(0, 256, (num_images * h * w, vcfg.pixel_dim), dtype=np.uint8)
+            grid = np.array([[1, h, w]] * num_images)
+            images.append((qwen3vl_inputs.vision_inputs(pixels, grid, vcfg), grid))
         trajs.append(traj)
+        runs.append(run)
+        views.append(view)
     length = length or max(len(s["tokens"]) for s in samples)
-    return collate(samples, images, trajs, length, cfg.vlm.image_token_id, merge)
+    return collate(
+        samples,
+        images or None,
+        trajs,
+        length,
+        cfg.vlm.image_token_id,
+        merge,
+        runs=None if cfg.vision_tokenizer == "per_image" else runs,
+        views=views if cfg.vision_tokenizer != "per_image" else None,
+    )

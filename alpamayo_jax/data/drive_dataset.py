@@ -7,7 +7,8 @@ the examples of a clip or a VQA file, the clip caches, and `build` / `build_vqa_
 builder from `data/` by path and run it.
 
 One example = one keyframe: JPEG camera frames at the model resolution (camera-major, oldest frame
-first), camera ids, calibration, ego history / future in the t0 frame with the fitted normalised
+first), camera ids, calibration (intrinsics at the cameras' native resolution `image_size_wh`: the
+resize keeps normalised image coordinates), ego history / future in the t0 frame with the fitted normalised
 controls, the CoC record and its reasoning text when present, VQA pairs when present, clip id, t0.
 
 Building runs in two steps: `prepare_splits` turns each clip into its examples, one cache file per
@@ -150,7 +151,8 @@ def clip_examples(
                 "num_frames": num_frames,
                 "fw_poly": s["fw_poly"].astype(np.float32),
                 "bw_poly": s["bw_poly"].astype(np.float32),
-                "principal_point": (s["principal_point"] * s["image_scale_xy"]).astype(np.float32),
+                "principal_point": s["principal_point"].astype(np.float32),
+                "image_size_wh": s["image_size_wh"].astype(np.float32),
                 "t_rig_cam": s["t_rig_cam"].astype(np.float32),
                 "history_xyz": s["ego_history_xyz"].astype(np.float32),
                 "future_xyz": s["ego_future_xyz"].astype(np.float32),
@@ -218,6 +220,7 @@ def features() -> tfds.features.FeaturesDict:
             "fw_poly": T(shape=(None, 5), dtype=f32),
             "bw_poly": T(shape=(None, 5), dtype=f32),
             "principal_point": T(shape=(None, 2), dtype=f32),
+            "image_size_wh": T(shape=(None, 2), dtype=f32),
             "t_rig_cam": T(shape=(None, 4, 4), dtype=f32),
             "history_xyz": T(shape=(16, 3), dtype=f32),
             "future_xyz": T(shape=(64, 3), dtype=f32),
@@ -306,6 +309,7 @@ def vqa_examples(path: str | os.PathLike, image_hw: tuple[int, int]) -> list[dic
                 "fw_poly": np.zeros((n, 5), np.float32),
                 "bw_poly": np.zeros((n, 5), np.float32),
                 "principal_point": np.zeros((n, 2), np.float32),
+                "image_size_wh": np.tile(np.array([image_hw[1], image_hw[0]], np.float32), (n, 1)),
                 "t_rig_cam": np.tile(np.eye(4, dtype=np.float32), (n, 1, 1)),
                 "history_xyz": np.zeros((16, 3), np.float32),
                 "future_xyz": np.zeros((64, 3), np.float32),

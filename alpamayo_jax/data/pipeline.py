@@ -31,6 +31,7 @@ import tensorflow_datasets as tfds
 from alpamayo_jax.data import tokenizer as tokenizer_lib
 from alpamayo_jax.data import transforms
 from alpamayo_jax.data.batch import Batch
+from alpamayo_jax.models.triplane import Cameras
 from alpamayo_jax.models.vision import VisionInputs
 
 PATCH_DTYPES = {"uint8": np.uint8, "float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -72,17 +73,22 @@ class SampleFn(grain.transforms.RandomMap):
         return transforms.example_sample(element, self.stage, self._tok, self.model_cfg, rng, dtype)
 
 
+NESTED_FIELDS = {"images": VisionInputs, "cameras": Cameras}
+
+
 def batch_to_dict(batch: Batch) -> dict:
     """A `Batch` as nested dicts of arrays: grain moves those between processes in shared memory."""
     out = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-    if batch.images is not None:
-        out["images"] = {f.name: getattr(batch.images, f.name) for f in dataclasses.fields(batch.images)}
+    for name in NESTED_FIELDS:
+        value = out[name]
+        if value is not None:
+            out[name] = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     return out
 
 
 def batch_from_dict(d: dict) -> Batch:
-    images = None if d["images"] is None else VisionInputs(**d["images"])
-    return Batch(**(d | {"images": images}))
+    nested = {k: None if d.get(k) is None else cls(**d[k]) for k, cls in NESTED_FIELDS.items()}
+    return Batch(**(d | nested))
 
 
 class BatchFn:

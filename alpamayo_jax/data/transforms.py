@@ -1,7 +1,9 @@
 """Dataset example -> model sample (per stage) -> `Batch`: small pure NumPy steps used by the loader.
 
-`example_sample` decodes the frames into patch rows (uint8 pixel rows by default, see `image_rows`),
-tokenises history / future / text and lays the sequence out for the stage (`prompts.stage_sample`);
+`example_sample` decodes the frames into the vision tokenizer's inputs (uint8 pixel rows for per_image
+and Flex by default, see `image_rows`, plus Flex's frame / camera indices; frames and calibration for
+the triplane), tokenises history / future / text and lays the sequence out for the stage
+(`prompts.stage_sample`);
 `batch_samples` pads a list of samples to the smallest length bucket that fits and builds the `Batch`.
 """
 
@@ -14,7 +16,8 @@ from alpamayo_jax import trajectory_tokens
 from alpamayo_jax.data import batch as batch_lib
 from alpamayo_jax.data import drive_dataset, patches, prompts
 from alpamayo_jax.data.tokenizer import Tokenizer
-from alpamayo_jax.models import qwen3vl_inputs
+from alpamayo_jax.models import qwen3vl_inputs, vision_tokens
+from alpamayo_jax.models.triplane import Cameras
 
 
 def _text(value) -> str:
@@ -40,6 +43,63 @@ def image_rows(
     return patches.image_patches(images, v.patch_size, v.temporal_patch_size, v.spatial_merge, dtype=dtype)
 
 
+def triplane_views(example: dict, model_cfg, where: str) -> dict:
+    """Frames `[T, V, H, W, 3]` (uint8, oldest first) and cameras `[V, ...]` of a calibrated example.
+
+    The stored intrinsics are at the cameras' native resolution; the frames are resized to the model
+    resolution, which keeps normalised image coordinates (what the triplane projects to) unchanged.
+    """
+    if "image_size_wh" not in example:
+        raise ValueError(
+            f"{where}: no image_size_wh calibration; rebuild the dataset (tools/build_dataset.py)"
+        )
+    if np.any(np.asarray(example["camera_ids"]) < 0):
+        raise ValueError(f"{where}: the triplane tokenizer needs calibrated cameras; this example has none")
+    frames = np.stack([drive_dataset.decode_jpeg(b) for b in example["images"]])
+    num_frames = int(example["num_frames"])
+    hw = tuple(model_cfg.triplane.image_hw)
+    if frames.shape[1:3] != hw:
+        raise ValueError(f"{where}: frames are {frames.shape[1:3]}, the triplane tokenizer takes {hw}")
+    if len(frames) % num_frames:
+        raise ValueError(f"{where}: {len(frames)} images do not split into {num_frames} frames per camera")
+    frames = frames.reshape(-1, num_frames, *hw, 3).transpose(1, 0, 2, 3, 4)
+    f32 = np.float32
+    cameras = Cameras(
+        fw_poly_bvk=np.asarray(example["fw_poly"], f32),
+        bw_poly_bvk=np.asarray(example["bw_poly"], f32),
+        principal_point_bv2=np.asarray(example["principal_point"], f32),
+        size_bv2=np.asarray(example["image_size_wh"], f32),
+        t_rig_cam_bv44=np.asarray(example["t_rig_cam"], f32),
+    )
+    return dict(frames_btvhw3=np.ascontiguousarray(frames), cameras=cameras)
+
+
+def vision_sample(example: dict, model_cfg, where: str, patch_dtype: np.typing.DTypeLike) -> dict:
+    """The tokenizer's inputs of one example: `image_tokens` per run, and `pixel_values` / `grid_thw`
+    (per_image, Flex), `image_runs` and `views` (triplane, Flex: see `batch.collate`)."""
+    kind = model_cfg.vision_tokenizer
+    num_images, num_frames = len(example["images"]), int(example["num_frames"])
+    if kind == "triplane":
+        runs = vision_tokens.image_runs(model_cfg, num_images, num_frames, (0, 0))
+        return dict(
+            image_tokens=list(runs.tokens), image_runs=runs, views=triplane_views(example, model_cfg, where)
+        )
+    pixel_values, grid = image_rows(list(example["images"]), model_cfg, patch_dtype)
+    merge = model_cfg.vlm.vision.spatial_merge
+    out = dict(
+        image_tokens=[int(h * w) // merge**2 for _, h, w in grid], pixel_values=pixel_values, grid_thw=grid
+    )
+    if kind == "flex":
+        runs = vision_tokens.image_runs(model_cfg, num_images, num_frames, tuple(grid[0, 1:]))
+        frame, camera = vision_tokens.camera_major_ids(num_images, num_frames)
+        out.update(
+            image_tokens=list(runs.tokens),
+            image_runs=runs,
+            views=dict(image_frame_bn=frame, image_camera_bn=camera),
+        )
+    return out
+
+
 def example_sample(
     example: dict,
     stage: int,
@@ -55,9 +115,8 @@ def example_sample(
     """
     layout = model_cfg.tokens
     where = f"clip {_text(example['clip_id'])} t0 {int(example['t0_us'])}"
-    pixel_values, grid = image_rows(list(example["images"]), model_cfg, patch_dtype)
-    merge = model_cfg.vlm.vision.spatial_merge
-    image_tokens = [int(h * w) // merge**2 for _, h, w in grid]
+    vision = vision_sample(example, model_cfg, where, patch_dtype)
+    image_tokens = vision.pop("image_tokens")
     history = np.asarray(example["history_xyz"], np.float32)
     controls = np.asarray(example["controls"], np.float32)
     reasoning = _text(example["reasoning"])
@@ -78,14 +137,16 @@ def example_sample(
         kw["reasoning"] = reasoning if stage == 2 else None
     sample = prompts.stage_sample(stage, tok, sequence_ids(model_cfg), image_tokens, **kw)
     future = np.asarray(example["future_xyz"], np.float32)
-    return sample | dict(
-        pixel_values=pixel_values,
-        grid_thw=grid,
-        controls=controls,
-        history_xyz=history,
-        future_xy=future[:, :2],
-        future_yaw=np.asarray(example["future_yaw"], np.float32),
-        has_trajectory=np.bool_(stage in (1, 2)),
+    return (
+        sample
+        | vision
+        | dict(
+            controls=controls,
+            history_xyz=history,
+            future_xy=future[:, :2],
+            future_yaw=np.asarray(example["future_yaw"], np.float32),
+            has_trajectory=np.bool_(stage in (1, 2)),
+        )
     )
 
 
@@ -100,16 +161,30 @@ def bucket_length(n: int, buckets: tuple[int, ...]) -> int:
 def batch_samples(samples: list[dict], model_cfg, buckets: tuple[int, ...]) -> batch_lib.Batch:
     """Samples (same image count and sizes) -> a right-padded `Batch` at the bucket length."""
     vcfg = model_cfg.vlm.vision
-    grids = {s["grid_thw"].tobytes() for s in samples}
-    if len(grids) > 1:
-        shapes = [s["grid_thw"].tolist() for s in samples]
-        raise ValueError(f"samples of one batch must have the same images; got grids {shapes}")
+    shapes = {
+        (s["grid_thw"].tobytes() if "grid_thw" in s else s["views"]["frames_btvhw3"].shape) for s in samples
+    }
+    if len(shapes) > 1:
+        raise ValueError(f"samples of one batch must have the same images; got {len(shapes)} layouts")
     length = bucket_length(max(len(s["tokens"]) for s in samples), buckets)
-    images = [
-        (qwen3vl_inputs.vision_inputs(s["pixel_values"], s["grid_thw"], vcfg), s["grid_thw"]) for s in samples
-    ]
+    images = None
+    if "pixel_values" in samples[0]:
+        images = [
+            (qwen3vl_inputs.vision_inputs(s["pixel_values"], s["grid_thw"], vcfg), s["grid_thw"])
+            for s in samples
+        ]
     trajs = [
         {k: s[k] for k in ("controls", "history_xyz", "future_xy", "future_yaw", "has_trajectory")}
         for s in samples
     ]
-    return batch_lib.collate(samples, images, trajs, length, model_cfg.vlm.image_token_id, vcfg.spatial_merge)
+    per_image = model_cfg.vision_tokenizer == "per_image"
+    return batch_lib.collate(
+        samples,
+        images,
+        trajs,
+        length,
+        model_cfg.vlm.image_token_id,
+        vcfg.spatial_merge,
+        runs=None if per_image else [s["image_runs"] for s in samples],
+        views=None if per_image else [s["views"] for s in samples],
+    )

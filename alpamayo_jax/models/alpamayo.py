@@ -10,6 +10,7 @@ flow matching on the normalised (acceleration, curvature) controls.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -17,23 +18,52 @@ import jax
 import jax.numpy as jnp
 
 from alpamayo_jax.data.batch import Batch
-from alpamayo_jax.models import flow_matching, layers
+from alpamayo_jax.models import flow_matching, layers, vision_tokens
 from alpamayo_jax.models.action_expert import ActionExpert, ExpertConfig, expert_config
+from alpamayo_jax.models.flex import FlexConfig, FlexTokenizer, flex_config
 from alpamayo_jax.models.qwen3vl import Qwen3VL, Qwen3VLConfig, qwen3vl_config
+from alpamayo_jax.models.qwen3vl_inputs import PromptInputs
+from alpamayo_jax.models.triplane import GridAxis, TriplaneConfig, TriplaneTokenizer, triplane_config
 from alpamayo_jax.models.vlm import unstack_layers
 from alpamayo_jax.trajectory_tokens import TokenLayout
+
+TRIPLANE_AXES = ("x_axis", "y_axis", "z_axis")
 
 
 @dataclasses.dataclass(frozen=True)
 class AlpamayoConfig:
-    """The composed policy. `vlm.text.vocab_size == tokens.vocab_size` (base + trajectory + special)."""
+    """The composed policy. `vlm.text.vocab_size == tokens.vocab_size` (base + trajectory + special).
+
+    vision_tokenizer (`vision_tokens.TOKENIZERS`) picks what fills the image slots: the Qwen3-VL ViT
+    (`per_image`), the `triplane` tokenizer (its config and the patch (p_x, p_y, p_z), a static
+    inference-time choice) or `flex` over the ViT's merged tokens (its config).
+    """
 
     vlm: Qwen3VLConfig
     expert: ExpertConfig
     tokens: TokenLayout
     max_loss_tokens: int | None = None  # CE only on this many positions per row (None: every position)
+    vision_tokenizer: str = "per_image"
+    triplane: TriplaneConfig | None = None
+    triplane_patch: tuple[int, int, int] = (8, 8, 8)
+    flex: FlexConfig | None = None
 
     def __post_init__(self):
+        if self.vision_tokenizer not in vision_tokens.TOKENIZERS:
+            raise ValueError(f"vision_tokenizer {self.vision_tokenizer!r}; known: {vision_tokens.TOKENIZERS}")
+        width = self.vlm.text.width
+        if self.vision_tokenizer == "triplane":
+            if self.triplane is None or self.triplane.out_width != width:
+                raise ValueError(f"vision_tokenizer 'triplane' needs a triplane config of out_width {width}")
+            vision_tokens.plane_grids(self.triplane, self.triplane_patch)
+        widths = (self.vlm.vision.out_width, width)
+        if self.vision_tokenizer == "flex" and (
+            self.flex is None or (self.flex.in_width, self.flex.out_width) != widths
+        ):
+            raise ValueError(
+                f"vision_tokenizer 'flex' needs a flex config of in_width {self.vlm.vision.out_width} "
+                f"(the ViT's merged tokens) and out_width {width}"
+            )
         if self.vlm.text.vocab_size != self.tokens.vocab_size:
             raise ValueError(
                 f"vlm vocab {self.vlm.text.vocab_size} != token layout vocab {self.tokens.vocab_size}"
@@ -51,11 +81,22 @@ class AlpamayoConfig:
     def from_dict(cls, d: dict[str, Any]) -> AlpamayoConfig:
         expert = dict(d["expert"], mrope_sections=tuple(d["expert"]["mrope_sections"]))
         tokens = dict(d["tokens"], special_tokens=tuple(d["tokens"]["special_tokens"]))
+        triplane = d.get("triplane")
+        if triplane is not None:
+            axes = {
+                a: GridAxis(tuple(triplane[a]["edge_cells"]), tuple(triplane[a]["edge_m"]))
+                for a in TRIPLANE_AXES
+            }
+            triplane = TriplaneConfig(**dict(triplane, image_hw=tuple(triplane["image_hw"]), **axes))
         return cls(
             vlm=Qwen3VLConfig.from_dict(d["vlm"]),
             expert=ExpertConfig(**expert),
             tokens=TokenLayout(**tokens),
             max_loss_tokens=d.get("max_loss_tokens"),
+            vision_tokenizer=d.get("vision_tokenizer", "per_image"),
+            triplane=triplane,
+            triplane_patch=tuple(d.get("triplane_patch", (8, 8, 8))),
+            flex=None if d.get("flex") is None else FlexConfig(**d["flex"]),
         )
 
 
@@ -83,8 +124,44 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def alpamayo_config(variant: str, **numerics: Any) -> AlpamayoConfig:
-    """A preset; `numerics` (dtype, param_dtype, remat, attention_impl) apply to every tower."""
+# The multi-camera tokenizers of each preset. Full size: SPEC 1.5's triplane at the release frame size
+# (320x576: ViT patch 16 instead of DINOv2's 14, which does not divide it) and Flex over 4 cameras x
+# 4 frames; both into the backbone's width.
+TOKENIZER_VARIANTS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    "tiny": dict(triplane=("tiny", {}), flex=("tiny", dict(num_frames=1))),
+    "ar1_2b": dict(triplane=("default", dict(image_hw=(320, 576), patch_size=16)), flex=("default", {})),
+    "ar1_10b": dict(triplane=("default", dict(image_hw=(320, 576), patch_size=16)), flex=("default", {})),
+}
+TOKENIZER_NUMERICS = ("dtype", "param_dtype", "remat", "attention_impl")
+
+
+def tokenizer_configs(
+    variant: str, vlm: Qwen3VLConfig, triplane: Mapping[str, Any], flex: Mapping[str, Any], numerics: dict
+) -> tuple[TriplaneConfig, FlexConfig]:
+    """The preset's triplane and flex configs with `triplane` / `flex` overrides, into the LM width."""
+    num = {k: v for k, v in numerics.items() if k in TOKENIZER_NUMERICS}
+    (t_name, t_over), (f_name, f_over) = (TOKENIZER_VARIANTS[variant][k] for k in ("triplane", "flex"))
+    tcfg = triplane_config(t_name, **{**t_over, "out_width": vlm.text.width, **num, **triplane})
+    fcfg = flex_config(
+        f_name,
+        **{**f_over, "in_width": vlm.vision.out_width, "out_width": vlm.text.width, **num, **flex},
+    )
+    return tcfg, fcfg
+
+
+def alpamayo_config(
+    variant: str,
+    vision_tokenizer: str = "per_image",
+    triplane: Mapping[str, Any] | None = None,
+    flex: Mapping[str, Any] | None = None,
+    **numerics: Any,
+) -> AlpamayoConfig:
+    """A preset; `numerics` (dtype, param_dtype, remat, attention_impl, ...) apply to every tower.
+
+    vision_tokenizer: `per_image` (default), `triplane` or `flex`; `triplane` overrides the preset's
+    triplane config (plus `patch`, the (p_x, p_y, p_z) of the tokens), `flex` its flex config (e.g.
+    tokens_per_image, num_cameras, num_frames).
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown Alpamayo variant {variant!r}; known: {sorted(VARIANTS)}")
     v = VARIANTS[variant]
@@ -94,7 +171,22 @@ def alpamayo_config(variant: str, **numerics: Any) -> AlpamayoConfig:
     expert = expert_config(vlm.text, **v["expert"])
     if "attention_impl" in numerics:
         expert = dataclasses.replace(expert, attention_impl=numerics["attention_impl"])
-    return AlpamayoConfig(vlm=vlm, expert=expert, tokens=tokens, max_loss_tokens=v.get("max_loss_tokens"))
+    tokenizer: dict[str, Any] = {}
+    if vision_tokenizer != "per_image":
+        triplane = dict(triplane or {})
+        patch = tuple(triplane.pop("patch", (8, 8, 8)))
+        tcfg, fcfg = tokenizer_configs(variant, vlm, triplane, dict(flex or {}), numerics)
+        tokenizer = (
+            dict(triplane=tcfg, triplane_patch=patch) if vision_tokenizer == "triplane" else dict(flex=fcfg)
+        )
+    return AlpamayoConfig(
+        vlm=vlm,
+        expert=expert,
+        tokens=tokens,
+        max_loss_tokens=v.get("max_loss_tokens"),
+        vision_tokenizer=vision_tokenizer,
+        **tokenizer,
+    )
 
 
 def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
@@ -159,8 +251,46 @@ class Alpamayo(nn.Module):
     cfg: AlpamayoConfig
 
     def setup(self):
-        self.vlm = Qwen3VL(self.cfg.vlm)
-        self.expert = ActionExpert(self.cfg.expert)
+        cfg = self.cfg
+        self.vlm = Qwen3VL(cfg.vlm)
+        self.expert = ActionExpert(cfg.expert)
+        if cfg.vision_tokenizer == "triplane":
+            self.triplane = TriplaneTokenizer(cfg.triplane)
+        if cfg.vision_tokenizer == "flex":
+            self.flex = FlexTokenizer(cfg.flex)
+
+    def vision_features(self, inputs: Batch | PromptInputs) -> jax.Array:
+        """Per-sample LM-width tokens `[B, F, D]` of the triplane or flex tokenizer, in the order of the
+        sample's image slots (see `vision_tokens`)."""
+        cfg = self.cfg
+        if cfg.vision_tokenizer == "triplane":
+            if inputs.frames_btvhw3 is None or inputs.cameras is None:
+                raise ValueError("vision_tokenizer 'triplane' needs frames_btvhw3 and cameras in the inputs")
+            b, t = inputs.frames_btvhw3.shape[:2]
+            frames, cams = vision_tokens.fold_timesteps(inputs.frames_btvhw3, inputs.cameras)
+            tokens, _ = self.triplane(vision_tokens.to_unit(frames), cams, cfg.triplane_patch)
+            return tokens.reshape(b, t * tokens.shape[1], tokens.shape[2])
+        if inputs.images is None or inputs.image_frame_bn is None or inputs.image_camera_bn is None:
+            raise ValueError("vision_tokenizer 'flex' needs images, image_frame_bn and image_camera_bn")
+        b, n = inputs.image_frame_bn.shape
+        images = jax.tree_util.tree_map(lambda x: x.reshape(b * n, *x.shape[2:]), inputs.images)
+        merged_imd, _ = self.vlm.vision(images)
+        grid = vision_tokens.frame_camera_grid(
+            merged_imd.reshape(b, n, *merged_imd.shape[1:]),
+            inputs.image_frame_bn,
+            inputs.image_camera_bn,
+            cfg.flex.num_frames,
+            cfg.flex.num_cameras,
+        )
+        return self.flex(grid)
+
+    def embed(self, inputs: Batch | PromptInputs) -> tuple[jax.Array, jax.Array | None]:
+        """Token embeddings with the selected tokenizer's tokens in the image slots, and DeepStack
+        additions (per_image only)."""
+        if self.cfg.vision_tokenizer == "per_image":
+            return self.vlm.embed(inputs.tokens_bl, inputs.images, inputs.image_slots_bl)
+        feats = self.vision_features(inputs)
+        return self.vlm.embed_features(inputs.tokens_bl, feats, inputs.image_slots_bl), None
 
     def prefix_valid(self, batch: Batch) -> jax.Array:
         """Slots the expert may see: valid tokens up to and including <|traj_future_start|>."""
@@ -172,7 +302,7 @@ class Alpamayo(nn.Module):
 
     def __call__(self, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
         """Per-kind losses: `text_ce` (reasoning / answers), `traj_ce` (discrete future tokens), `flow`."""
-        embeds, deepstack = self.vlm.embed(batch.tokens_bl, batch.images, batch.image_slots_bl)
+        embeds, deepstack = self.embed(batch)
         hidden, (k, v) = self.vlm.text(embeds, batch.positions_3bl, batch.valid_bl, None, deepstack)
         # Next-token CE on the positions that carry a loss: logits at l-1 predict token l.
         total_w = (batch.text_loss_bl + batch.traj_loss_bl)[:, 1:]

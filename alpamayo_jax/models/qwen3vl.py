@@ -75,6 +75,13 @@ def qwen3vl_config(variant: str, **numerics: Any) -> Qwen3VLConfig:
     return cfg.with_numerics(**numerics) if numerics else cfg
 
 
+def scatter_rows(embeds_bld: jax.Array, feats_bfd: jax.Array, slots_bl: jax.Array) -> jax.Array:
+    """`embeds` with row `slots[b, l]` of `feats[b]` wherever the slot is >= 0."""
+    rows = jnp.maximum(slots_bl, 0)[..., None]
+    picked = jnp.take_along_axis(feats_bfd, rows, axis=1)
+    return jnp.where((slots_bl >= 0)[..., None], picked.astype(embeds_bld.dtype), embeds_bld)
+
+
 class Qwen3VL(nn.Module):
     """Qwen3-VL for conditional generation (`logits` over the vocabulary)."""
 
@@ -114,11 +121,17 @@ class Qwen3VL(nn.Module):
             taps = jnp.broadcast_to(deepstack_nimd.reshape(num_taps, 1, -1, width), (num_taps, *feats.shape))
         is_image = (image_slots_bl >= 0)[..., None]
         rows = jnp.maximum(image_slots_bl, 0)[..., None]
-        picked = jnp.take_along_axis(feats, rows, axis=1)
-        embeds = jnp.where(is_image, picked.astype(embeds.dtype), embeds)
+        embeds = scatter_rows(embeds, feats, image_slots_bl)
         picked_taps = jax.vmap(lambda t: jnp.take_along_axis(t, rows, axis=1))(taps)
         deepstack = jnp.where(is_image[None], picked_taps, 0).astype(embeds.dtype)
         return embeds, deepstack
+
+    def embed_features(
+        self, tokens_bl: jax.Array, feats_bfd: jax.Array, image_slots_bl: jax.Array
+    ) -> jax.Array:
+        """Token embeddings with per-sample image features `[B, F, D]` (another tokenizer's output)
+        in the image slots (slots index each sample's own rows)."""
+        return scatter_rows(self.text.embed_tokens(tokens_bl), feats_bfd, image_slots_bl)
 
     def __call__(
         self,
@@ -128,9 +141,16 @@ class Qwen3VL(nn.Module):
         images: vision_lib.VisionInputs | None = None,
         image_slots_bl: jax.Array | None = None,
         cache: vlm_lib.KVCache | None = None,
+        features_bfd: jax.Array | None = None,
     ) -> tuple[jax.Array, Any]:
-        """Logits `[B, L, V]` (float32) and the per-layer kv (no cache) or the updated cache."""
-        embeds, deepstack = self.embed(tokens_bl, images, image_slots_bl)
+        """Logits `[B, L, V]` (float32) and the per-layer kv (no cache) or the updated cache.
+
+        `features_bfd`: image-slot features of another tokenizer (the ViT and DeepStack are skipped).
+        """
+        if features_bfd is None:
+            embeds, deepstack = self.embed(tokens_bl, images, image_slots_bl)
+        else:
+            embeds, deepstack = self.embed_features(tokens_bl, features_bfd, image_slots_bl), None
         hidden, kv = self.text(embeds, positions_3bl, valid_bl, cache, deepstack)
         return self.text.logits(hidden), kv
 

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from alpamayo_jax.models.qwen3vl import Qwen3VLConfig
+from alpamayo_jax.models.triplane import Cameras
 from alpamayo_jax.models.vision import VisionConfig, VisionInputs
 
 
@@ -21,7 +22,8 @@ class PromptInputs:
 
     tokens/valid `[B, L]` right-padded (valid True on a prefix of each row), positions `[3, B, L]`,
     the position after each prompt `[B]`, and the images with the flat feature row of each
-    image token (`-1` elsewhere).
+    image token (`-1` elsewhere). The other vision tokenizers' inputs (see `data.batch.Batch`):
+    frames_btvhw3 and cameras (triplane), image_frame_bn / image_camera_bn (flex).
     """
 
     tokens_bl: jax.Array
@@ -30,6 +32,10 @@ class PromptInputs:
     next_position_b: jax.Array
     images: VisionInputs | None = None
     image_slots_bl: jax.Array | None = None
+    frames_btvhw3: jax.Array | None = None
+    cameras: Cameras | None = None
+    image_frame_bn: jax.Array | None = None
+    image_camera_bn: jax.Array | None = None
 
 
 def split_temporal(grid_thw: np.ndarray) -> np.ndarray:

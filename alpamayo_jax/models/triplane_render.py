@@ -12,6 +12,7 @@ downloaded network weights, SSIM does not.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alpamayo_jax import geometry
-from alpamayo_jax.models import layers
+from alpamayo_jax.models import layers, vision_tokens
 from alpamayo_jax.models.triplane import Cameras, Planes, TriplaneConfig, TriplaneTokenizer, bilinear_sample
 
 
@@ -110,7 +111,7 @@ class RenderHead(nn.Module):
         feat = jax.vmap(sample_planes)(planes, coords)
         dense = dict(param_dtype=layers.dtype_of(cfg.param_dtype), use_bias=True)
         h = nn.relu(layers.Dense(rcfg.hidden, ("embed", "mlp"), name="fc1", **dense)(feat))
-        h = nn.relu(layers.Dense(rcfg.hidden, ("mlp", "mlp"), name="fc2", **dense)(h))
+        h = nn.relu(layers.Dense(rcfg.hidden, ("mlp_in", "mlp"), name="fc2", **dense)(h))
         out = layers.Dense(4, ("mlp", "rgb_sigma"), name="fc3", **dense)(h).reshape(b, r, -1, 4)
         rgb = jax.nn.sigmoid(out[..., :3])
         sigma = jax.nn.softplus(out[..., 3]) * inside.reshape(b, r, -1)
@@ -118,6 +119,19 @@ class RenderHead(nn.Module):
             "background", nn.with_logical_partitioning(nn.initializers.zeros, ("rgb",)), (3,), jnp.float32
         )
         return composite(rgb, sigma, t_s, jax.nn.sigmoid(background))
+
+
+def view_rays(cfg: TriplaneConfig, cams: Cameras, out_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    """Rays through an `out_hw` pixel grid of every camera: origins and directions `[B, V * h * w, 3]`."""
+
+    def rays(size_v2, bw_vk, pp_v2, t_v44):
+        return camera_rays(pixel_grid(size_v2, out_hw), bw_vk, pp_v2, t_v44, cfg.camera_model)
+
+    origins, dirs = jax.vmap(rays)(
+        cams.size_bv2, cams.bw_poly_bvk, cams.principal_point_bv2, cams.t_rig_cam_bv44
+    )
+    b = origins.shape[0]
+    return origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3)
 
 
 class TriplaneRenderModel(nn.Module):
@@ -128,20 +142,46 @@ class TriplaneRenderModel(nn.Module):
 
     @nn.compact
     def __call__(self, images_bvhw3: jax.Array, cams: Cameras, out_hw: tuple[int, int]) -> jax.Array:
-        cfg = self.cfg
         b, v = images_bvhw3.shape[:2]
-        planes = TriplaneTokenizer(cfg, name="tokenizer").planes(images_bvhw3, cams)
-
-        def rays(size_v2, bw_vk, pp_v2, t_v44):
-            return camera_rays(pixel_grid(size_v2, out_hw), bw_vk, pp_v2, t_v44, cfg.camera_model)
-
-        origins, dirs = jax.vmap(rays)(
-            cams.size_bv2, cams.bw_poly_bvk, cams.principal_point_bv2, cams.t_rig_cam_bv44
-        )
-        rgb = RenderHead(cfg, self.rcfg, name="render")(
-            planes, origins.reshape(b, -1, 3), dirs.reshape(b, -1, 3)
-        )
+        planes = TriplaneTokenizer(self.cfg, name="triplane").planes(images_bvhw3, cams)
+        rgb = RenderHead(self.cfg, self.rcfg, name="render")(planes, *view_rays(self.cfg, cams, out_hw))
         return rgb.reshape(b, v, *out_hw, 3)
+
+
+def area_downsample(images_nhw3: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
+    """Box-filter `[..., H, W, C]` to `out_hw` (H and W multiples of it): the rendering targets."""
+    *lead, h, w, c = images_nhw3.shape
+    oh, ow = out_hw
+    if h % oh or w % ow:
+        raise ValueError(f"render size {out_hw} does not divide the frames' {h}x{w}")
+    return images_nhw3.reshape(*lead, oh, h // oh, ow, w // ow, c).mean(axis=(-4, -2))
+
+
+class TriplanePretrain(nn.Module):
+    """The trainer's pre-training model: a `Batch`'s frames and cameras -> the rendering losses.
+
+    Each timestep's rig is lifted to planes and its own views are rendered back at `out_hw` (targets:
+    the frames box-filtered to that size). Parameters: `triplane` (the ViT, value projection and
+    lifting, named as in `Alpamayo`, so `init_from` restores them into a policy) and `render`.
+    Returns `render` (the loss), `render_l1` and `render_dssim`.
+    """
+
+    cfg: TriplaneConfig
+    rcfg: RenderConfig
+    out_hw: tuple[int, int]
+
+    @nn.compact
+    def __call__(self, batch: Any, rng: jax.Array) -> dict[str, jax.Array]:
+        del rng  # every pixel of the out_hw grid is rendered: nothing is sampled
+        if batch.frames_btvhw3 is None or batch.cameras is None:
+            raise ValueError("triplane pre-training needs frames_btvhw3 and cameras in the batch")
+        frames, cams = vision_tokens.fold_timesteps(batch.frames_btvhw3, batch.cameras)
+        images = vision_tokens.to_unit(frames)
+        planes = TriplaneTokenizer(self.cfg, name="triplane").planes(images, cams)
+        rgb = RenderHead(self.cfg, self.rcfg, name="render")(planes, *view_rays(self.cfg, cams, self.out_hw))
+        pred = rgb.reshape(*images.shape[:2], *self.out_hw, 3)
+        loss, metrics = render_loss(self.rcfg, pred, area_downsample(images, self.out_hw))
+        return {"render": loss, "render_l1": metrics["l1"], "render_dssim": metrics["dssim"]}
 
 
 def ssim(a_nhwc: jax.Array, b_nhwc: jax.Array, window: int = 3) -> jax.Array:

@@ -3,7 +3,8 @@
 A checkpoint step folder holds `state` (the TrainState, restored directly sharded), `data` (the input
 iterator state, JSON) and `config` (the run's config, JSON). Resume order: the latest checkpoint in
 the workdir > `checkpoint.resume_from` > `init_from` (selected parameter subtrees from another stage's
-checkpoint or a converted HF model folder) > scratch.
+checkpoint or a converted HF model folder, then optionally the vision tokenizer's subtrees from a
+triplane pre-training run) > scratch.
 """
 
 from __future__ import annotations
@@ -198,19 +199,27 @@ def resume_or_init(
         with ocp.CheckpointManager(ckpt_dir, item_names=("state", "data", "config")) as other:
             state, data = restore(other, step, abstract_state)
         return state, data, f"resumed from {ckpt_dir}/{step}"
-    state = init_state()
     init = config.init_from
-    if not init.path:
-        return state, None, "initialised from scratch"
-    if init.kind == "checkpoint":
-        source = _restore_params_of(init.path, spec_for)
-    elif init.kind == "model_dir":
-        source = _restore_params_of_model_dir(init.path, "vlm", spec_for)
-    else:
+    if init.kind not in ("checkpoint", "model_dir"):
         raise ValueError(f"init_from.kind {init.kind!r}: expected 'checkpoint' or 'model_dir'")
-    vocab = state.params["vlm"]["text"]["embed"]["embedding"].shape[0]
-    source = _extend_vocab_if_needed(source, vocab, jax.random.key(int(np.uint32(config.seed) + 1)))
+    state = init_state()
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state.params)
-    params = _graft(state.params, source, tuple(init.subtrees), shardings)
+    params, done = state.params, []
+    if init.path:
+        if init.kind == "checkpoint":
+            source = _restore_params_of(init.path, spec_for)
+        else:
+            source = _restore_params_of_model_dir(init.path, "vlm", spec_for)
+        if "vlm" in params:
+            vocab = params["vlm"]["text"]["embed"]["embedding"].shape[0]
+            source = _extend_vocab_if_needed(source, vocab, jax.random.key(int(np.uint32(config.seed) + 1)))
+        params = _graft(params, source, tuple(init.subtrees), shardings)
+        done.append(f"initialised {list(init.subtrees)} from {init.path}")
+    if init.get("tokenizer_path"):
+        source = _restore_params_of(init.tokenizer_path, spec_for)
+        params = _graft(params, source, tuple(init.tokenizer_subtrees), shardings)
+        done.append(f"initialised {list(init.tokenizer_subtrees)} from {init.tokenizer_path}")
+    if not done:
+        return state, None, "initialised from scratch"
     ema = params if state.ema is not None else None
-    return state.replace(params=params, ema=ema), None, f"initialised {list(init.subtrees)} from {init.path}"
+    return state.replace(params=params, ema=ema), None, "; ".join(done)

@@ -23,7 +23,7 @@ HORIZONS_S = (1.0, 3.0, 6.4)
 
 
 def _prefix_kv(module: Alpamayo, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    embeds, deepstack = module.vlm.embed(batch.tokens_bl, batch.images, batch.image_slots_bl)
+    embeds, deepstack = module.embed(batch)
     _, (k, v) = module.vlm.text(embeds, batch.positions_3bl, batch.valid_bl, None, deepstack)
     return k, v
 

@@ -17,8 +17,8 @@ from alpamayo_jax.data.batch import Batch
 
 class FakeBatches:
     """Random well-formed batches (`batch.fake`), a pure function of (seed, position, host): resuming
-    at a position reproduces the batches exactly. `shape`: `fake(...)` keywords (num_images, grid_hw,
-    prompt_len, reasoning_len, length)."""
+    at a position reproduces the batches exactly. `shape`: `fake(...)` keywords (num_images, num_frames,
+    grid_hw, prompt_len, reasoning_len, length)."""
 
     def __init__(self, model_cfg: Any, batch_size: int, seed: int, **shape: Any):
         self.model_cfg, self.batch_size, self.shape = model_cfg, batch_size, shape
@@ -70,6 +70,7 @@ def make_input(data: Any, model_cfg: Any, seed: int, train: bool = True) -> Any:
             local,
             seed,
             num_images=data.num_images,
+            num_frames=data.num_frames,
             grid_hw=tuple(data.fake.grid_hw),
             prompt_len=data.fake.prompt_len,
             reasoning_len=data.fake.reasoning_len,

@@ -134,6 +134,20 @@ def eval_metrics(
     )
 
 
+@functools.cache
+def averages_class(names: tuple[str, ...]) -> type[Collection]:
+    """A collection of plain per-step averages of the named outputs (models other than `Alpamayo`, e.g.
+    the triplane rendering pre-training, whose losses are already means over a fixed-size batch)."""
+    fields = {name: Average.from_output(name) for name in names}
+    return flax.struct.dataclass(type("ScalarMetrics", (Collection,), {"__annotations__": fields}))
+
+
+def averages(outputs: Mapping[str, jax.Array], batch: Batch | None = None) -> Collection:
+    """`averages_class` of every output (the batch is not needed: the signature of `train_metrics`)."""
+    del batch
+    return averages_class(tuple(sorted(outputs))).single_from_model_output(**outputs)
+
+
 def merge_all(collections: list[Collection]) -> Collection:
     """The merge of a non-empty list of collections (host or device arrays)."""
     if not collections:

@@ -1,6 +1,8 @@
 """One trainer for every stage: mesh, input, model, shard, step, checkpoint, eval, loop.
 
-A stage differs only by its config (experiments/*.py): trainable filter, loss weights, data, init_from.
+A stage differs only by its config (experiments/*.py): trainable filter, loss weights, data, init_from,
+and the model (`model.kind`: the policy, or the triplane rendering pre-training), whose losses the loss
+weights pick.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from clu import parameter_overview
 from jax.sharding import NamedSharding, PartitionSpec
 
 from alpamayo_jax import sharding
-from alpamayo_jax.models.alpamayo import Alpamayo, alpamayo_config
+from alpamayo_jax.models.alpamayo import Alpamayo, AlpamayoConfig, alpamayo_config
+from alpamayo_jax.models.triplane_render import RenderConfig, TriplanePretrain
 from alpamayo_jax.train import checkpoint, metric_collections, optimizer
 from alpamayo_jax.train.evaluate import make_trajectory_eval
 from alpamayo_jax.train.input import make_input
@@ -59,11 +62,28 @@ def attention_impl_of(name: str) -> str | None:
 def model_config_of(model: Any):
     return alpamayo_config(
         model.variant,
+        vision_tokenizer=model.vision_tokenizer,
+        triplane=dict(model.triplane),
+        flex=dict(model.flex),
         dtype=model.dtype,
         param_dtype=model.param_dtype,
         remat=model.remat,
         attention_impl=attention_impl_of(model.attention),
     )
+
+
+def model_of(model: Any, model_cfg: AlpamayoConfig) -> nn.Module:
+    """The module a run trains (`model.kind`): `Alpamayo`, or `TriplanePretrain` of the config's
+    triplane tokenizer with `model.render` (RenderConfig fields plus `out_hw`)."""
+    if model.kind == "alpamayo":
+        return Alpamayo(model_cfg)
+    if model.kind == "triplane_render":
+        if model_cfg.vision_tokenizer != "triplane":
+            raise ValueError("model.kind 'triplane_render' needs model.vision_tokenizer 'triplane'")
+        render = dict(model.render)
+        out_hw = tuple(render.pop("out_hw"))
+        return TriplanePretrain(model_cfg.triplane, RenderConfig(**render), out_hw)
+    raise ValueError(f"model.kind {model.kind!r}; known: 'alpamayo', 'triplane_render'")
 
 
 def host_to_global(batch: Any, shardings: Any) -> Any:
@@ -126,6 +146,7 @@ def check_paths(config: Any) -> None:
     for field, path in (
         ("checkpoint.resume_from", config.checkpoint.resume_from),
         ("init_from.path", config.init_from.path),
+        ("init_from.tokenizer_path", config.init_from.tokenizer_path),
     ):
         if path and not os.path.exists(path):
             raise FileNotFoundError(f"{field}: checkpoint {path} does not exist")
@@ -180,7 +201,7 @@ def build(config: Any) -> Setup:
     )
     batch_sh = sharding.batch_shardings(global_example, mesh)
     # Model.
-    model = Alpamayo(model_cfg)
+    model = model_of(config.model, model_cfg)
     init_rng, run_rng = jax.random.split(jax.random.key(config.seed))
     boxed = jax.eval_shape(lambda b: model.init(init_rng, b, init_rng), global_example)["params"]
     abstract_params = nn.unbox(boxed)
@@ -228,14 +249,20 @@ def build(config: Any) -> Setup:
 
     # Step: jitted once with explicit shardings, state donated.
     max_loss_tokens = model_cfg.max_loss_tokens
-    collect = functools.partial(metric_collections.train_metrics, max_loss_tokens=max_loss_tokens)
+    collect = metric_collections.averages
+    if isinstance(model, Alpamayo):
+        collect = functools.partial(metric_collections.train_metrics, max_loss_tokens=max_loss_tokens)
     train_step = make_train_step(
         model, tx, dict(config.model.loss_weights), trainable, collect, config.optim.ema_decay
     )
     ce_eval = make_eval_step(model, dict(config.model.loss_weights))
-    traj_eval = make_trajectory_eval(model, config.eval.num_samples, config.eval.flow_steps)
+    traj_eval = None
+    if isinstance(model, Alpamayo):
+        traj_eval = make_trajectory_eval(model, config.eval.num_samples, config.eval.flow_steps)
 
     def eval_step(params: Any, batch: Any, rng: jax.Array) -> metric_collections.Collection:
+        if traj_eval is None:
+            return metric_collections.averages(ce_eval(params, batch, rng))
         out = {**ce_eval(params, batch, rng), **traj_eval(params, batch, rng)}
         return metric_collections.eval_metrics(out, batch, max_loss_tokens, config.eval.num_samples)
 
@@ -265,7 +292,7 @@ def build(config: Any) -> Setup:
 
 def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]]:
     """Trains `config` in `workdir` (resuming from its checkpoints); returns the final state and the
-    logged metrics (one dict per step)."""
+    logged records (one per log point: the step collections merged over the steps since the last one)."""
     check_paths(config)
     os.makedirs(workdir, exist_ok=True)
     config_json = config.to_json_best_effort(indent=2)

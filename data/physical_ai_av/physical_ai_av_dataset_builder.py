@@ -18,8 +18,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     in the dataset's metadata (`failed_clips`, saved in metadata.json).
     """
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
+        "1.1.0": "Intrinsics at the cameras' native resolution with image_size_wh (triplane tokenizer).",
         "1.0.0": "Keyframes: JPEG frames, calibration, ego history / future, controls, CoC reasoning events.",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = (

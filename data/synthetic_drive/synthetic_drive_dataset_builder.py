@@ -18,8 +18,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     reported with their reason in the dataset's metadata (`failed_clips`, saved in metadata.json).
     """
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
+        "1.1.0": "Intrinsics at the cameras' native resolution with image_size_wh (triplane tokenizer).",
         "1.0.0": "Keyframes: JPEG frames, calibration, ego history / future, controls, CoC, VQA pairs.",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = "The output folder of tools/make_synthetic.py (clips and ground truth)."

@@ -1,0 +1,24 @@
+"""`tools/benchmark.py --what infer --preset tiny --tokenizer ...`: the inference benchmark runs on the CPU
+at tiny shapes with every vision tokenizer and reports its token counts and stage times."""
+
+import math
+
+import pytest
+
+from alpamayo_jax.benchmarks import infer
+
+
+@pytest.mark.parametrize(
+    "tokenizer, vision_tokens, runs",
+    # 2 cameras x 2 frames: 4 images of (64/16)^2/4 ViT tokens; 2 timesteps of 2*2 + 2*1 + 2*1 triplane
+    # tokens at patch (8, 8, 8) on the tiny 16 x 16 x 8 grid; 16 Flex tokens per image in one run.
+    [("per_image", 16, 4), ("triplane", 16, 2), ("flex", 64, 1)],
+)
+def test_tiny_inference_benchmark(tokenizer, vision_tokens, runs):
+    result = infer.run("tiny", reps=1, flow_steps=(2,), dtype="float32", tokenizer=tokenizer)
+    assert result["tokenizer"] == tokenizer and result["vision_tokens"] == vision_tokens
+    # + <|vision_start|> / <|vision_end|> per run, 50 history-block tokens, 8 prompt tokens, <|cot_start|>.
+    assert result["prefix_tokens"] == vision_tokens + 2 * runs + 50 + 8 + 1
+    for key in ("vision_ms", "prefill_with_vision_ms", "decode_ms", "flow_2_steps_ms", "total_ms"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert (tokenizer in result["params_b"]) == (tokenizer != "per_image")
