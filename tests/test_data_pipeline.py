@@ -92,7 +92,7 @@ def test_builders_in_data_folder(built, tmp_path):
         cls = drive_dataset.builder_class(name)
         assert cls.name == name and str(cls.VERSION) in cls.RELEASE_NOTES
         assert cls.__module__ == f"{name}_dataset_builder" and cls is drive_dataset.builder_class(name)
-    meta = json.loads((data_dir / "synthetic_drive" / "1.0.0" / "metadata.json").read_text())
+    meta = json.loads((data_dir / "synthetic_drive" / "1.1.0" / "metadata.json").read_text())
     assert meta == dict(
         policy="both",
         fixed_t0_us=[3_000_000, 7_000_000, 11_000_000],
