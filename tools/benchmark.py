@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unfused", action="store_true", help="separate q/k/v and gate/up kernels")
     parser.add_argument("--tokenizer", default="per_image", choices=["per_image", "triplane", "flex"])
     parser.add_argument("--triplane-patch", type=int, nargs=3, default=(8, 8, 8), help="p_x p_y p_z")
+    parser.add_argument("--half-planes", action="store_true", help="triplane: front half planes only")
     parser.add_argument("--flex-tokens", type=int, default=16, help="Flex scene tokens per image")
     parser.add_argument("--stage", default="stage2_coc_sft", help="train: experiment file (stage1/2)")
     parser.add_argument("--remat", default="full", help="train: remat policy (none, full, dots, ...)")
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             fused_projections=not args.unfused,
             tokenizer=args.tokenizer,
             triplane_patch=tuple(args.triplane_patch),
+            triplane_half_planes=args.half_planes,
             flex_tokens=args.flex_tokens,
         )
     if args.json:

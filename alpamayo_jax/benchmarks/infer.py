@@ -129,18 +129,20 @@ def run(
     fused_projections: bool = True,
     tokenizer: str = "per_image",
     triplane_patch: tuple[int, int, int] = (8, 8, 8),
+    triplane_half_planes: bool = False,
     flex_tokens: int = 16,
 ) -> dict[str, Any]:
     """`scan_layers=False, fused_projections=True` is the inference layout (one parameter set per layer,
     one qkv and one gate_up GEMM per layer); `unroll` applies to scanned towers. `tokenizer`:
-    per_image, triplane (patch `triplane_patch`) or flex (`flex_tokens` per image)."""
+    per_image, triplane (patch `triplane_patch`; `triplane_half_planes`: the front half of each plane,
+    for front-only rigs) or flex (`flex_tokens` per image)."""
     if attention_impl is None:
         attention_impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
     shapes = TINY_SHAPES if preset == "tiny" else RELEASE_SHAPES
     cfg = alpamayo.alpamayo_config(
         preset,
         vision_tokenizer=tokenizer,
-        triplane=dict(patch=triplane_patch),
+        triplane=dict(patch=triplane_patch, half_planes=triplane_half_planes),
         flex=dict(tokens_per_image=flex_tokens, num_cameras=shapes["cameras"], num_frames=shapes["frames"]),
         dtype=dtype,
         param_dtype=dtype,
