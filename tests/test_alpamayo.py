@@ -17,7 +17,6 @@ from alpamayo_jax.data import batch as batch_lib
 from alpamayo_jax.data import tokenizer
 from alpamayo_jax.interop.hf_qwen3vl import hf_config_dict
 from alpamayo_jax.models import alpamayo
-from alpamayo_jax.models.qwen3vl_inputs import PromptInputs
 
 
 def tiny(insulation=True):
@@ -123,22 +122,9 @@ def test_full_size_presets_match_reference_parameter_counts(variant, backbone_b,
     assert abs(count["expert"] / 1e9 - expert_b) < 0.1
 
 
-def prompt_of(cfg, batch, reasoning_len):
-    """The inference prompt of a fake training batch: everything before the reasoning."""
-    length = int(batch.expert_prefix_len_b[0]) - reasoning_len - 2
-    return PromptInputs(
-        tokens_bl=batch.tokens_bl[:, :length],
-        positions_3bl=batch.positions_3bl[:, :, :length],
-        valid_bl=batch.valid_bl[:, :length],
-        next_position_b=batch.positions_3bl[0, :, length - 1] + 1,
-        images=batch.images,
-        image_slots_bl=batch.image_slots_bl[:, :length],
-    )
-
-
 def test_policy_outputs_and_reasoning_constraints(setup):
     cfg, batch, params = setup
-    prompt = prompt_of(cfg, batch, reasoning_len=6)
+    prompt = batch_lib.prompt_before_reasoning(batch, 6)
     icfg = inference.InferenceConfig(max_reasoning_tokens=7, num_samples=3, flow_steps=4)
     out = inference.compile_policy(cfg, icfg)(params, prompt, batch.history_xyz_bh3, jax.random.key(2))
     assert out["xy"].shape == (2, 3, 64, 2) and out["reasoning_tokens"].shape == (2, 3, 7)
@@ -164,7 +150,7 @@ def test_policy_decodes_the_reasoning_text_with_the_tokenizer(setup):
     tok = tokenizer.load("sentencepiece", sp_model, cfg)
     icfg = inference.InferenceConfig(max_reasoning_tokens=5, num_samples=2, flow_steps=2)
     policy = inference.Policy(cfg, icfg, params, tok)
-    out = policy(prompt_of(cfg, batch, reasoning_len=6), batch.history_xyz_bh3, jax.random.key(4))
+    out = policy(batch_lib.prompt_before_reasoning(batch, 6), batch.history_xyz_bh3, jax.random.key(4))
     assert len(out["reasoning_text"]) == 2 and all(len(row) == 2 for row in out["reasoning_text"])
     for b in range(2):
         for s in range(2):
@@ -179,7 +165,7 @@ def test_stop_token_ends_reasoning_and_the_expert_still_runs(setup, monkeypatch)
     only_stop = np.ones(cfg.vlm.text.vocab_size, bool)
     only_stop[stop] = False
     monkeypatch.setattr(inference, "banned_reasoning_ids", lambda _: only_stop)
-    prompt = prompt_of(cfg, batch, reasoning_len=6)
+    prompt = batch_lib.prompt_before_reasoning(batch, 6)
     icfg = inference.InferenceConfig(max_reasoning_tokens=5, temperature=0.0, flow_steps=2)
     out = inference.compile_policy(cfg, icfg)(params, prompt, batch.history_xyz_bh3, jax.random.key(0))
     assert np.asarray(out["reasoning_lengths"]).tolist() == [[0], [0]]
@@ -189,7 +175,7 @@ def test_stop_token_ends_reasoning_and_the_expert_still_runs(setup, monkeypatch)
 def test_cached_prefix_gives_the_same_velocity_as_the_training_forward(setup):
     """The expert reads identical K/V from the decode cache and from a full forward of the sequence."""
     cfg, batch, params = setup
-    prompt = prompt_of(cfg, batch, reasoning_len=6)
+    prompt = batch_lib.prompt_before_reasoning(batch, 6)
     icfg = inference.InferenceConfig(max_reasoning_tokens=4, temperature=0.0)
     tokens, lengths, cache, first = inference.reason(cfg, icfg, params, prompt, jax.random.key(0))
     model = alpamayo.Alpamayo(cfg)
@@ -246,7 +232,7 @@ def test_unstacked_inference_layout_matches_the_scanned_model(setup, fused):
         np.testing.assert_allclose(out[name], ref[name], rtol=1e-5)
     # Inference: same reasoning, same cache, same velocity (the flow itself amplifies rounding through
     # its 100 Hz Fourier features, so it is compared one step at a time).
-    prompt = prompt_of(cfg, batch, reasoning_len=6)
+    prompt = batch_lib.prompt_before_reasoning(batch, 6)
     icfg = inference.InferenceConfig(max_reasoning_tokens=4, temperature=0.0)
     tokens_a, _, cache_a, first_a = inference.reason(cfg, icfg, params, prompt, jax.random.key(0))
     tokens_b, _, cache_b, first_b = inference.reason(flat_cfg, icfg, flat, prompt, jax.random.key(0))

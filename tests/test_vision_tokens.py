@@ -14,7 +14,6 @@ from alpamayo_jax.data import batch as batch_lib
 from alpamayo_jax.data import rig_views
 from alpamayo_jax.models import alpamayo, triplane, vision_tokens
 from alpamayo_jax.models.qwen3vl import Qwen3VL
-from alpamayo_jax.models.qwen3vl_inputs import PromptInputs
 
 TOKENIZERS = ("triplane", "flex")
 
@@ -125,27 +124,10 @@ def test_the_tokenizer_output_reaches_the_language_model(setups, tok):
     assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads[tok])) > 1e-6
 
 
-def prompt_of(batch, reasoning_len):
-    """Everything before the reasoning, with the tokenizer inputs."""
-    length = int(batch.expert_prefix_len_b[0]) - reasoning_len - 2
-    return PromptInputs(
-        tokens_bl=batch.tokens_bl[:, :length],
-        positions_3bl=batch.positions_3bl[:, :, :length],
-        valid_bl=batch.valid_bl[:, :length],
-        next_position_b=batch.positions_3bl[0, :, length - 1] + 1,
-        images=batch.images,
-        image_slots_bl=batch.image_slots_bl[:, :length],
-        frames_btvhw3=batch.frames_btvhw3,
-        cameras=batch.cameras,
-        image_frame_bn=batch.image_frame_bn,
-        image_camera_bn=batch.image_camera_bn,
-    )
-
-
 @pytest.mark.parametrize("tok", TOKENIZERS)
 def test_compiled_policy_and_prefill_use_the_tokenizer(setups, tok):
     cfg, batch, params = setups[tok]
-    prompt = prompt_of(batch, reasoning_len=6)
+    prompt = batch_lib.prompt_before_reasoning(batch, 6)
     model = alpamayo.Alpamayo(cfg)
 
     def forward(m, pr):

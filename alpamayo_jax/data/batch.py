@@ -270,6 +270,24 @@ def tokenizer_views(
     return runs, dict(frames_btvhw3=frames, cameras=rig_views.cameras_of(specs))
 
 
+def prompt_before_reasoning(batch: Batch, reasoning_len: int) -> qwen3vl_inputs.PromptInputs:
+    """The inference prompt of a training batch whose rows share one layout: every token before the
+    `reasoning_len` reasoning tokens and their two markers (tests and evaluation of the policy)."""
+    length = int(batch.expert_prefix_len_b[0]) - reasoning_len - 2
+    return qwen3vl_inputs.PromptInputs(
+        tokens_bl=batch.tokens_bl[:, :length],
+        positions_3bl=batch.positions_3bl[:, :, :length],
+        valid_bl=batch.valid_bl[:, :length],
+        next_position_b=batch.positions_3bl[0, :, length - 1] + 1,
+        images=batch.images,
+        image_slots_bl=batch.image_slots_bl[:, :length],
+        frames_btvhw3=batch.frames_btvhw3,
+        cameras=batch.cameras,
+        image_frame_bn=batch.image_frame_bn,
+        image_camera_bn=batch.image_camera_bn,
+    )
+
+
 def fake(
     cfg,
     batch_size: int,

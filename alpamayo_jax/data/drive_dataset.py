@@ -292,6 +292,50 @@ def cached_examples(paths: Sequence[str | os.PathLike]) -> Iterator[tuple[str, d
             yield f"{ex['clip_id']}_{ex['t0_us']}", ex
 
 
+class ClipBuilder:
+    """What the TFDS builders of clip datasets share; mixed in before `tfds.core.GeneratorBasedBuilder`.
+
+    The builder module sets `README` (its README.md: the dataset description) and `WITH_VQA`. splits:
+    {split: [clip ids]}; options: keyframe policy, cameras, frames, image size; workers: clip
+    processes. Clips that could not be read are kept with their reason in the dataset's metadata
+    (`failed_clips`, saved in metadata.json).
+    """
+
+    README: pathlib.Path
+    WITH_VQA: bool = False
+
+    def __init__(
+        self,
+        *,
+        splits: dict[str, list[str]] | None = None,
+        options: ClipOptions | None = None,
+        workers: int = 0,
+        **kwargs,
+    ):
+        self.splits, self.options, self.workers = splits, options or ClipOptions(), workers
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.README.read_text(),
+            features=features(),
+            metadata=tfds.core.MetadataDict(self.options.metadata() | {"failed_clips": {}}),
+        )
+
+    def clip_splits(self, root: pathlib.Path, splits: dict[str, list[str]]) -> dict[str, Iterator]:
+        """Examples of each split from the clip caches (prepared in parallel, resumable)."""
+        cache = self.data_dir_root / CACHE_DIR / self.name
+        caches, failed = prepare_splits(
+            root, splits, cache, self.options, with_vqa=self.WITH_VQA, workers=self.workers
+        )
+        self.info.metadata["failed_clips"] = failed
+        return {split: self._generate_examples(paths) for split, paths in caches.items()}
+
+    def _generate_examples(self, paths: list[str]) -> Iterator[tuple[str, dict]]:
+        yield from cached_examples(paths)
+
+
 def vqa_examples(path: str | os.PathLike, image_hw: tuple[int, int]) -> list[dict]:
     """Examples of one VQA JSONL file, images resized to `image_hw`."""
     out = []
