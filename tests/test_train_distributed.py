@@ -38,3 +38,14 @@ def test_two_processes_share_a_mesh_and_only_process_0_logs(tmp_path):
     assert [r["step"] for r in records] == [1, 2]
     assert all(r["loss"] > 0 and r["grad_norm"] > 0 for r in records)
     assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["1", "2"]
+
+
+def test_trainer_entry_keeps_nvlink_multicast_off():
+    """The entry point sets the NVLS switches before JAX starts (children inherit them); explicit
+    settings of the launcher win."""
+    names = ("NCCL_NVLS_ENABLE", "NVSHMEM_DISABLE_NVLS", "TORCH_SYMM_MEM_DISABLE_MULTICAST")
+    code = f"import os, alpamayo_jax.train.__main__; print(*(os.environ[n] for n in {names}))"
+    env = {k: v for k, v in os.environ.items() if "NVLS" not in k and "MULTICAST" not in k}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "1", "1"]

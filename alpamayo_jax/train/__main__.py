@@ -5,11 +5,22 @@ pass `--coordinator HOST:PORT --num_processes N --process_id I` on every host (o
 let `jax.distributed.initialize` read the cluster environment: TPU pods, SLURM, Kubernetes).
 """
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+import os
 
-from alpamayo_jax.train import trainer
+# NVLink multicast (NVLS) stays off on the multi-GPU hosts; set before JAX (and NCCL) start, and
+# inherited by every process the trainer starts.
+for _name, _value in (
+    ("NCCL_NVLS_ENABLE", "0"),
+    ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
+    ("NVSHMEM_DISABLE_NVLS", "1"),
+):
+    os.environ.setdefault(_name, _value)
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from alpamayo_jax.train import trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file:preset", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run folder (checkpoints, metrics.jsonl, tensorboard/)")
