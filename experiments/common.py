@@ -7,7 +7,11 @@ locked, so an override naming no field fails before any compute.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
+
+from alpamayo_jax import action_space
 
 PRESETS = ("tiny", "2b", "10b")
 MODEL_VARIANT = {"tiny": "tiny", "2b": "ar1_2b", "10b": "ar1_10b"}
@@ -29,6 +33,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"
     c.model.remat = "none" if tiny else "full"
     c.model.loss_weights = ml_collections.ConfigDict(dict(text_ce=1.0, traj_ce=1.0, flow=1.0))
+    # Normalisation of the controls the expert generates and the trajectory tokens bin (SPEC: real driving;
+    # the demo writes its synthetic training split's statistics here).
+    c.model.control_stats = ml_collections.ConfigDict(dataclasses.asdict(action_space.ControlStats()))
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "fake"

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from alpamayo_jax.action_space import SPEC_STATS, ControlStats
 from alpamayo_jax.data.batch import Batch
 from alpamayo_jax.models import flow_matching
 from alpamayo_jax.models.action_expert import ActionExpert, ExpertConfig, expert_config
@@ -26,12 +27,17 @@ from alpamayo_jax.trajectory_tokens import TokenLayout
 
 @dataclasses.dataclass(frozen=True)
 class AlpamayoConfig:
-    """The composed policy. `vlm.text.vocab_size == tokens.vocab_size` (base + trajectory + special)."""
+    """The composed policy. `vlm.text.vocab_size == tokens.vocab_size` (base + trajectory + special).
+
+    `control_stats` normalise the controls that the expert generates and the trajectory tokens bin (the
+    batch carries controls in these units): SPEC's real-driving statistics unless a config sets others.
+    """
 
     vlm: Qwen3VLConfig
     expert: ExpertConfig
     tokens: TokenLayout
     max_loss_tokens: int | None = None  # CE only on this many positions per row (None: every position)
+    control_stats: ControlStats = SPEC_STATS
 
     def __post_init__(self):
         if self.vlm.text.vocab_size != self.tokens.vocab_size:
@@ -50,20 +56,26 @@ class AlpamayoConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AlpamayoConfig:
         expert = dict(d["expert"], mrope_sections=tuple(d["expert"]["mrope_sections"]))
+        if "fourier_freqs" in expert:
+            expert["fourier_freqs"] = tuple(expert["fourier_freqs"])
         tokens = dict(d["tokens"], special_tokens=tuple(d["tokens"]["special_tokens"]))
         return cls(
             vlm=Qwen3VLConfig.from_dict(d["vlm"]),
             expert=ExpertConfig(**expert),
             tokens=TokenLayout(**tokens),
             max_loss_tokens=d.get("max_loss_tokens"),
+            control_stats=ControlStats(**d.get("control_stats", {})),
         )
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    # CPU tests: tiny towers and a reduced trajectory vocabulary (256 future / 128 history bins).
+    # CPU tests: tiny towers and a reduced trajectory vocabulary (256 future / 128 history bins). The
+    # expert's Fourier features span 0.05..5 cycles per unit: the release's 1..100 alias the normalised
+    # inputs (|x| up to a few units) into noise that a 32-wide projection cannot invert, so the tiny
+    # flow could not read its noisy controls and its samples stayed as wide as the noise.
     "tiny": dict(
         backbone="tiny",
-        expert=dict(width=32, mlp_dim=64, num_heads=2, input_hidden=32),
+        expert=dict(width=32, mlp_dim=64, num_heads=2, input_hidden=32, fourier_freqs=(0.05, 5.0)),
         tokens=dict(base_vocab_size=512, num_future_bins=256, num_history_bins=128),
     ),
     # Qwen3-VL-2B backbone + a 1024-wide expert (issue "action pathway").
@@ -83,7 +95,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def alpamayo_config(variant: str, **numerics: Any) -> AlpamayoConfig:
+def alpamayo_config(
+    variant: str, control_stats: ControlStats = SPEC_STATS, **numerics: Any
+) -> AlpamayoConfig:
     """A preset; `numerics` (dtype, param_dtype, remat, attention_impl) apply to every tower."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown Alpamayo variant {variant!r}; known: {sorted(VARIANTS)}")
@@ -94,7 +108,13 @@ def alpamayo_config(variant: str, **numerics: Any) -> AlpamayoConfig:
     expert = expert_config(vlm.text, **v["expert"])
     if "attention_impl" in numerics:
         expert = dataclasses.replace(expert, attention_impl=numerics["attention_impl"])
-    return AlpamayoConfig(vlm=vlm, expert=expert, tokens=tokens, max_loss_tokens=v.get("max_loss_tokens"))
+    return AlpamayoConfig(
+        vlm=vlm,
+        expert=expert,
+        tokens=tokens,
+        max_loss_tokens=v.get("max_loss_tokens"),
+        control_stats=control_stats,
+    )
 
 
 def unstack_for_inference(params: Any, cfg: AlpamayoConfig) -> Any:

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from alpamayo_jax import sharding
+from alpamayo_jax.action_space import ControlStats
 from alpamayo_jax.models.alpamayo import Alpamayo, alpamayo_config
 from alpamayo_jax.train import checkpoint, optimizer
 from alpamayo_jax.train.evaluate import make_trajectory_eval
@@ -43,7 +44,13 @@ def mesh_of(mesh_cfg: Any) -> jax.sharding.Mesh:
 
 
 def model_config_of(model: Any):
-    return alpamayo_config(model.variant, dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat)
+    return alpamayo_config(
+        model.variant,
+        ControlStats(**model.control_stats),
+        dtype=model.dtype,
+        param_dtype=model.param_dtype,
+        remat=model.remat,
+    )
 
 
 def host_to_global(batch: Any, shardings: Any) -> Any:
