@@ -5,7 +5,13 @@ waypoints with the unicycle model of the release (SPEC 1.3); `fit_controls` is i
 used to make ground-truth controls from recorded futures. Everything is float32, batched over leading
 dimensions and jit-able. All poses are in the t0 ego frame (x forward, y left), where the ego starts at
 the origin with yaw 0 and speed v0.
+
+Controls are normalised with SPEC statistics in stored datasets; a model may use its own `ControlStats`
+(e.g. those of a synthetic dataset, whose curvatures are far smaller than real driving's), converted
+from the stored ones with `renormalize_controls`.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +28,40 @@ ACCEL_CLIP = 9.8
 CURV_CLIP = 0.2
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlStats:
+    """Mean and std of acceleration (m/s^2) and curvature (1/m) that normalise controls (SPEC defaults)."""
+
+    accel_mean: float = ACCEL_MEAN
+    accel_std: float = ACCEL_STD
+    curv_mean: float = CURV_MEAN
+    curv_std: float = CURV_STD
+
+    def __post_init__(self):
+        if not (self.accel_std > 0 and self.curv_std > 0):
+            raise ValueError(f"ControlStats stds must be positive, got {self}")
+
+    @classmethod
+    def of(cls, physical: np.ndarray) -> "ControlStats":
+        """The mean and std of physical controls `[..., 2]` (e.g. every waypoint of a training split)."""
+        flat = np.asarray(physical, np.float64).reshape(-1, 2)
+        if not len(flat) or not np.isfinite(flat).all():
+            raise ValueError(f"ControlStats.of needs finite controls, got shape {np.shape(physical)}")
+        mean, std = flat.mean(0), flat.std(0)
+        return cls(float(mean[0]), float(std[0]), float(mean[1]), float(std[1]))
+
+    def normalize(self, physical: jax.typing.ArrayLike) -> jax.Array:
+        """Physical `[..., 2]` (m/s^2, 1/m) to controls normalised with these statistics."""
+        return normalize_controls(physical, **dataclasses.asdict(self))
+
+    def denormalize(self, controls: jax.typing.ArrayLike) -> jax.Array:
+        """Controls `[..., 2]` normalised with these statistics to physical (m/s^2, 1/m)."""
+        return denormalize_controls(controls, **dataclasses.asdict(self))
+
+
+SPEC_STATS = ControlStats()  # real driving (SPEC 1.3): what stored datasets are normalised with
 
 
 def _f32(x: jax.typing.ArrayLike) -> jax.Array:
@@ -255,6 +295,13 @@ def denormalize_controls(
     """Inverse of `normalize_controls`: normalised `[..., 2]` to physical (m/s^2, 1/m)."""
     controls = _f32(controls)
     return controls * jnp.array([accel_std, curv_std]) + jnp.array([accel_mean, curv_mean])
+
+
+def renormalize_controls(controls: jax.typing.ArrayLike, src: ControlStats, dst: ControlStats) -> jax.Array:
+    """Controls `[..., 2]` normalised with `src` to the same controls normalised with `dst`."""
+    if src == dst:
+        return _f32(controls)
+    return dst.normalize(src.denormalize(controls))
 
 
 def clip_controls(

@@ -149,9 +149,14 @@ def flow_sample(
     return flow_from_prefix(cfg, params, cache.k, cache.v, cache.valid_bs, first_position_b, rng, steps)
 
 
-def controls_to_trajectory(controls_ba2: jax.Array, history_xyz_bh3: jax.Array) -> dict[str, jax.Array]:
-    """Normalised controls -> clipped physical controls and (xy, yaw) waypoints in the t0 frame."""
-    physical = action_space.clip_controls(action_space.denormalize_controls(controls_ba2))
+def controls_to_trajectory(
+    controls_ba2: jax.Array,
+    history_xyz_bh3: jax.Array,
+    stats: action_space.ControlStats = action_space.SPEC_STATS,
+) -> dict[str, jax.Array]:
+    """Controls normalised with `stats` (the model's `control_stats`) -> clipped physical controls and
+    (xy, yaw) waypoints in the t0 frame."""
+    physical = action_space.clip_controls(stats.denormalize(controls_ba2))
     v0 = action_space.estimate_v0(history_xyz_bh3)
     xy, yaw = action_space.integrate_controls(physical[..., 0], physical[..., 1], v0)
     return {"controls": physical, "xy": xy, "yaw": yaw}
@@ -174,7 +179,7 @@ def sample_policy(
     tokens, lengths, cache, first = reason(cfg, icfg, params, prompt, rng_reason)
     controls = flow_sample(cfg, params, cache, first, rng_flow, icfg.flow_steps)
     k = icfg.num_samples
-    out = controls_to_trajectory(controls, jnp.repeat(history_xyz_bh3, k, axis=0))
+    out = controls_to_trajectory(controls, jnp.repeat(history_xyz_bh3, k, axis=0), cfg.control_stats)
     out.update(reasoning_tokens=tokens, reasoning_lengths=lengths)
     batch = prompt.tokens_bl.shape[0]
     return jax.tree_util.tree_map(lambda x: x.reshape(batch, k, *x.shape[1:]), out)

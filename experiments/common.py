@@ -12,7 +12,11 @@ a triplane policy takes its pre-trained tokenizer from `init_from.tokenizer_path
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
+
+from alpamayo_jax import action_space
 
 PRESETS = ("tiny", "2b", "10b")
 MODEL_VARIANT = {"tiny": "tiny", "2b": "ar1_2b", "10b": "ar1_10b"}
@@ -49,6 +53,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     c.model.flex = ml_collections.ConfigDict(
         dict(tokens_per_image=8 if tiny else 16, num_cameras=2 if tiny else 4, num_frames=1 if tiny else 4)
     )
+    # Normalisation of the controls the expert generates and the trajectory tokens bin (SPEC: real driving;
+    # the demo writes its synthetic training split's statistics here).
+    c.model.control_stats = ml_collections.ConfigDict(dataclasses.asdict(action_space.ControlStats()))
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "fake"

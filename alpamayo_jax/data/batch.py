@@ -31,7 +31,8 @@ class Batch:
     on text); text_loss_bl / traj_loss_bl: weight of predicting token l (reasoning or answers /
     discrete future tokens); expert_prefix_len_b: slots the
     action expert sees (through <|traj_future_start|>); expert_position_b: position of the first action
-    token; controls_ba2: normalised ground-truth (accel, curvature); has_trajectory_b: the sample has
+    token; controls_ba2: ground-truth (accel, curvature) normalised with the model's `control_stats`;
+    has_trajectory_b: the sample has
     a trajectory target; history_xyz_bh3, future_xy_ba2, future_yaw_ba: ego history and future in
     the t0 frame (evaluation).
 
@@ -315,6 +316,9 @@ def fake(
     merge = vcfg.spatial_merge
     for _ in range(batch_size):
         traj = random_trajectory(rng, layout.num_waypoints, layout.num_history)
+        traj["controls"] = np.asarray(
+            action_space.renormalize_controls(traj["controls"], action_space.SPEC_STATS, cfg.control_stats)
+        )
         history_ids = trajectory_tokens.encode_history(traj["history_xyz"], layout)
         future_ids = trajectory_tokens.encode_future(traj["controls"], layout)
         run, view = tokenizer_views(cfg, rng, num_images, num_frames)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing
 
-from alpamayo_jax import trajectory_tokens
+from alpamayo_jax import action_space, trajectory_tokens
 from alpamayo_jax.data import batch as batch_lib
 from alpamayo_jax.data import drive_dataset, patches, prompts
 from alpamayo_jax.data.tokenizer import Tokenizer
@@ -118,7 +118,12 @@ def example_sample(
     vision = vision_sample(example, model_cfg, where, patch_dtype)
     image_tokens = vision.pop("image_tokens")
     history = np.asarray(example["history_xyz"], np.float32)
-    controls = np.asarray(example["controls"], np.float32)
+    # Stored with SPEC statistics; the model bins and generates them with its own `control_stats`.
+    controls = np.asarray(
+        action_space.renormalize_controls(
+            example["controls"], action_space.SPEC_STATS, model_cfg.control_stats
+        )
+    )
     reasoning = _text(example["reasoning"])
     kw = {}
     if stage == 0:

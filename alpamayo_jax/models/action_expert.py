@@ -33,6 +33,7 @@ class ExpertConfig:
     num_layers: int
     num_waypoints: int = 64
     input_hidden: int = 512
+    fourier_freqs: tuple[float, float] = (1.0, 100.0)  # min, max frequency of the input features
     rms_eps: float = 1e-6
     rope_theta: float = 5e6
     mrope_sections: tuple[int, int, int] = (24, 20, 20)
@@ -124,7 +125,13 @@ class ActionExpert(nn.Module):
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         batch, num_actions, _ = x_ba2.shape
         h = ActionInputProjection(
-            cfg.width, hidden=cfg.input_hidden, dtype=dtype, param_dtype=pdtype, name="action_in"
+            cfg.width,
+            hidden=cfg.input_hidden,
+            min_freq=cfg.fourier_freqs[0],
+            max_freq=cfg.fourier_freqs[1],
+            dtype=dtype,
+            param_dtype=pdtype,
+            name="action_in",
         )(x_ba2, t_b)
         pos = first_position_b[:, None] + jnp.arange(num_actions)[None, :]
         cos, sin = layers.mrope_cos_sin(

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from alpamayo_jax.action_space import SPEC_STATS, ControlStats
 from alpamayo_jax.data.batch import Batch
 from alpamayo_jax.models import flow_matching, layers, vision_tokens
 from alpamayo_jax.models.action_expert import ActionExpert, ExpertConfig, expert_config
@@ -36,7 +37,9 @@ class AlpamayoConfig:
 
     vision_tokenizer (`vision_tokens.TOKENIZERS`) picks what fills the image slots: the Qwen3-VL ViT
     (`per_image`), the `triplane` tokenizer (its config and the patch (p_x, p_y, p_z), a static
-    inference-time choice) or `flex` over the ViT's merged tokens (its config).
+    inference-time choice) or `flex` over the ViT's merged tokens (its config). `control_stats`
+    normalise the controls that the expert generates and the trajectory tokens bin (the batch carries
+    controls in these units): SPEC's real-driving statistics unless a config sets others.
     """
 
     vlm: Qwen3VLConfig
@@ -47,6 +50,7 @@ class AlpamayoConfig:
     triplane: TriplaneConfig | None = None
     triplane_patch: tuple[int, int, int] = (8, 8, 8)
     flex: FlexConfig | None = None
+    control_stats: ControlStats = SPEC_STATS
 
     def __post_init__(self):
         if self.vision_tokenizer not in vision_tokens.TOKENIZERS:
@@ -80,6 +84,8 @@ class AlpamayoConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AlpamayoConfig:
         expert = dict(d["expert"], mrope_sections=tuple(d["expert"]["mrope_sections"]))
+        if "fourier_freqs" in expert:
+            expert["fourier_freqs"] = tuple(expert["fourier_freqs"])
         tokens = dict(d["tokens"], special_tokens=tuple(d["tokens"]["special_tokens"]))
         triplane = d.get("triplane")
         if triplane is not None:
@@ -97,14 +103,18 @@ class AlpamayoConfig:
             triplane=triplane,
             triplane_patch=tuple(d.get("triplane_patch", (8, 8, 8))),
             flex=None if d.get("flex") is None else FlexConfig(**d["flex"]),
+            control_stats=ControlStats(**d.get("control_stats", {})),
         )
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    # CPU tests: tiny towers and a reduced trajectory vocabulary (256 future / 128 history bins).
+    # CPU tests: tiny towers and a reduced trajectory vocabulary (256 future / 128 history bins). The
+    # expert's Fourier features span 0.05..5 cycles per unit: the release's 1..100 alias the normalised
+    # inputs (|x| up to a few units) into noise that a 32-wide projection cannot invert, so the tiny
+    # flow could not read its noisy controls and its samples stayed as wide as the noise.
     "tiny": dict(
         backbone="tiny",
-        expert=dict(width=32, mlp_dim=64, num_heads=2, input_hidden=32),
+        expert=dict(width=32, mlp_dim=64, num_heads=2, input_hidden=32, fourier_freqs=(0.05, 5.0)),
         tokens=dict(base_vocab_size=512, num_future_bins=256, num_history_bins=128),
     ),
     # Qwen3-VL-2B backbone + a 1024-wide expert (issue "action pathway").
@@ -154,13 +164,14 @@ def alpamayo_config(
     vision_tokenizer: str = "per_image",
     triplane: Mapping[str, Any] | None = None,
     flex: Mapping[str, Any] | None = None,
+    control_stats: ControlStats = SPEC_STATS,
     **numerics: Any,
 ) -> AlpamayoConfig:
     """A preset; `numerics` (dtype, param_dtype, remat, attention_impl, ...) apply to every tower.
 
     vision_tokenizer: `per_image` (default), `triplane` or `flex`; `triplane` overrides the preset's
     triplane config (plus `patch`, the (p_x, p_y, p_z) of the tokens), `flex` its flex config (e.g.
-    tokens_per_image, num_cameras, num_frames).
+    tokens_per_image, num_cameras, num_frames); control_stats: the controls' normalisation.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown Alpamayo variant {variant!r}; known: {sorted(VARIANTS)}")
@@ -185,6 +196,7 @@ def alpamayo_config(
         tokens=tokens,
         max_loss_tokens=v.get("max_loss_tokens"),
         vision_tokenizer=vision_tokenizer,
+        control_stats=control_stats,
         **tokenizer,
     )
 

@@ -109,6 +109,8 @@ class ActionInputProjection(nn.Module):
     hidden: int = 512
     num_layers: int = 2
     num_freqs: int = 10
+    min_freq: float = 1.0
+    max_freq: float = 100.0
     norm_eps: float = 1e-5
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -116,10 +118,9 @@ class ActionInputProjection(nn.Module):
     @nn.compact
     def __call__(self, x_ba2: jax.Array, t_b: jax.Array) -> jax.Array:
         b, a, c = x_ba2.shape
-        feats_bax = fourier_features(x_ba2, self.num_freqs).reshape(b, a, c * 2 * self.num_freqs)
-        feats_bt = jnp.broadcast_to(
-            fourier_features(t_b, self.num_freqs)[:, None], (b, a, 2 * self.num_freqs)
-        )
+        freqs = dict(num_freqs=self.num_freqs, min_freq=self.min_freq, max_freq=self.max_freq)
+        feats_bax = fourier_features(x_ba2, **freqs).reshape(b, a, c * 2 * self.num_freqs)
+        feats_bt = jnp.broadcast_to(fourier_features(t_b, **freqs)[:, None], (b, a, 2 * self.num_freqs))
         h = jnp.concatenate([feats_bax, feats_bt], axis=-1).astype(self.dtype)
         h = nn.silu(_dense(self.hidden, ("action_in", "mlp"), self.dtype, self.param_dtype, "in_proj")(h))
         for i in range(self.num_layers):

@@ -39,7 +39,7 @@ def sample_trajectories(
         controls = flow_from_prefix(
             model.cfg, params, k, v, prefix_valid, batch.expert_position_b, key, flow_steps
         )
-        return controls_to_trajectory(controls, batch.history_xyz_bh3)["xy"]
+        return controls_to_trajectory(controls, batch.history_xyz_bh3, model.cfg.control_stats)["xy"]
 
     xy_kba2 = jax.lax.map(one, jax.random.split(rng, num_samples))
     return jnp.moveaxis(xy_kba2, 0, 1)

@@ -25,6 +25,7 @@ from clu import parameter_overview
 from jax.sharding import NamedSharding, PartitionSpec
 
 from alpamayo_jax import sharding
+from alpamayo_jax.action_space import ControlStats
 from alpamayo_jax.models.alpamayo import Alpamayo, AlpamayoConfig, alpamayo_config
 from alpamayo_jax.models.triplane_render import RenderConfig, TriplanePretrain
 from alpamayo_jax.train import checkpoint, metric_collections, optimizer
@@ -65,6 +66,7 @@ def model_config_of(model: Any):
         vision_tokenizer=model.vision_tokenizer,
         triplane=dict(model.triplane),
         flex=dict(model.flex),
+        control_stats=ControlStats(**model.control_stats),
         dtype=model.dtype,
         param_dtype=model.param_dtype,
         remat=model.remat,
