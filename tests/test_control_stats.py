@@ -59,7 +59,7 @@ def test_renormalize_between_statistics():
 
 
 def test_config_round_trip_keeps_statistics_and_fourier_range():
-    cfg = alpamayo_config("tiny", SYNTHETIC)
+    cfg = alpamayo_config("tiny", control_stats=SYNTHETIC)
     assert cfg.control_stats == SYNTHETIC and cfg.expert.fourier_freqs == (0.05, 5.0)
     assert AlpamayoConfig.from_dict(cfg.to_dict()) == cfg
     # Configs saved before the field existed read as SPEC statistics.
@@ -85,7 +85,7 @@ def _tokens_match_controls(tokens, start, controls, layout):
 
 
 def test_fake_batch_carries_controls_and_tokens_in_the_model_statistics():
-    cfg = alpamayo_config("tiny", SYNTHETIC)
+    cfg = alpamayo_config("tiny", control_stats=SYNTHETIC)
     mine, spec = batch_lib.fake(cfg, 2, seed=3), batch_lib.fake(alpamayo_config("tiny"), 2, seed=3)
     np.testing.assert_allclose(
         mine.controls_ba2,
@@ -104,6 +104,7 @@ def test_example_sample_uses_the_model_statistics():
         clip_id="clip-a",
         t0_us=3_000_000,
         images=[drive_dataset.encode_jpeg(np.full((64, 96, 3), 60 * k, np.uint8)) for k in range(4)],
+        num_frames=2,
         history_xyz=np.zeros((16, 3), np.float32),
         controls=np.asarray(ControlStats().normalize(physical), np.float32),
         reasoning=b"",
