@@ -87,6 +87,14 @@ def test_loss_position_budget_matches_full_computation(setup):
     assert int(out["loss_tokens_dropped"]) == 0
     short = alpamayo.Alpamayo(dataclasses.replace(cfg, max_loss_tokens=needed - 5))
     assert int(short.apply({"params": params}, batch, jax.random.key(3))["loss_tokens_dropped"]) == 10
+    # A budget above a row's loss count fills the row up with its last position; when that position
+    # carries a loss (a row without padding) it must still count once.
+    last_w = np.asarray(batch.traj_loss_bl)[:, -1] + np.asarray(batch.text_loss_bl)[:, -1]
+    assert last_w.max() > 0 and needed + 3 < batch.tokens_bl.shape[1] - 1
+    roomy = alpamayo.Alpamayo(dataclasses.replace(cfg, max_loss_tokens=needed + 3))
+    out = roomy.apply({"params": params}, batch, jax.random.key(3))
+    for name in ("text_ce", "traj_ce", "text_accuracy", "traj_accuracy"):
+        np.testing.assert_allclose(out[name], full[name], rtol=1e-5)
 
 
 @pytest.mark.parametrize("variant, backbone_b, expert_b", [("ar1_2b", 2.1, 0.38), ("ar1_10b", 8.8, 2.3)])

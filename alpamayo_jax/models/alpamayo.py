@@ -244,17 +244,20 @@ def masked_mean(x: jax.Array, weight: jax.Array) -> jax.Array:
     return (x * weight).sum() / jnp.maximum(weight.sum(), 1.0)
 
 
-def select_loss_positions(weights_bl: jax.Array, num: int | None) -> tuple[jax.Array, jax.Array]:
-    """Indices `[B, N]` of the positions with a loss (first N per row) and the count left out `[B]`."""
+def select_loss_positions(weights_bl: jax.Array, num: int | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The positions with a loss, first `num` per row: indices `[B, N]`, which of them are real `[B, N]`
+    (a row with fewer than N loss positions is filled up with its last position, which must not count
+    again) and the count left out `[B]`."""
     length = weights_bl.shape[1]
     if num is None or num >= length:
-        return jnp.broadcast_to(jnp.arange(length), weights_bl.shape), jnp.zeros(
-            weights_bl.shape[:1], jnp.int32
-        )
+        idx = jnp.broadcast_to(jnp.arange(length), weights_bl.shape)
+        return idx, jnp.ones(weights_bl.shape, bool), jnp.zeros(weights_bl.shape[:1], jnp.int32)
     has_loss = weights_bl > 0
     idx = jax.vmap(lambda row: jnp.nonzero(row, size=num, fill_value=length - 1)[0])(has_loss)
-    dropped = jnp.maximum(has_loss.sum(axis=1) - num, 0).astype(jnp.int32)
-    return idx, dropped
+    count = has_loss.sum(axis=1)
+    real = jnp.arange(num)[None, :] < count[:, None]
+    dropped = jnp.maximum(count - num, 0).astype(jnp.int32)
+    return idx, real, dropped
 
 
 class Alpamayo(nn.Module):
@@ -318,15 +321,15 @@ class Alpamayo(nn.Module):
         hidden, (k, v) = self.vlm.text(embeds, batch.positions_3bl, batch.valid_bl, None, deepstack)
         # Next-token CE on the positions that carry a loss: logits at l-1 predict token l.
         total_w = (batch.text_loss_bl + batch.traj_loss_bl)[:, 1:]
-        idx, dropped = select_loss_positions(total_w, self.cfg.max_loss_tokens)
+        idx, real, dropped = select_loss_positions(total_w, self.cfg.max_loss_tokens)
         h_sel = jnp.take_along_axis(hidden[:, :-1], idx[..., None], axis=1)
         logits = self.vlm.text.logits(h_sel)
         targets = jnp.take_along_axis(batch.tokens_bl[:, 1:], idx, axis=1)
         logp = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
         correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-        w_text = jnp.take_along_axis(batch.text_loss_bl[:, 1:], idx, axis=1)
-        w_traj = jnp.take_along_axis(batch.traj_loss_bl[:, 1:], idx, axis=1)
+        w_text = jnp.take_along_axis(batch.text_loss_bl[:, 1:], idx, axis=1) * real
+        w_traj = jnp.take_along_axis(batch.traj_loss_bl[:, 1:], idx, axis=1) * real
         # Flow matching on the normalised controls, reading the prefix K/V.
         rng_t, rng_n = jax.random.split(rng)
         x1 = batch.controls_ba2

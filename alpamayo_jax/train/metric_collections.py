@@ -72,10 +72,10 @@ def loss_weights(batch: Batch, max_loss_tokens: int | None) -> dict[str, jax.Arr
     trajectory, the flow loss's samples)."""
     text_bl = batch.text_loss_bl[:, 1:].astype(jnp.float32)
     traj_bl = batch.traj_loss_bl[:, 1:].astype(jnp.float32)
-    idx, _ = select_loss_positions(text_bl + traj_bl, max_loss_tokens)
+    idx, real, _ = select_loss_positions(text_bl + traj_bl, max_loss_tokens)
     return {
-        "text_weight": jnp.take_along_axis(text_bl, idx, axis=1).sum(),
-        "traj_weight": jnp.take_along_axis(traj_bl, idx, axis=1).sum(),
+        "text_weight": (jnp.take_along_axis(text_bl, idx, axis=1) * real).sum(),
+        "traj_weight": (jnp.take_along_axis(traj_bl, idx, axis=1) * real).sum(),
         "trajectories": batch.has_trajectory_b.astype(jnp.float32).sum(),
     }
 
