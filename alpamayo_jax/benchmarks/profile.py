@@ -50,8 +50,11 @@ def device_kernel_summary(trace_path: str, top: int = 25) -> dict[str, Any]:
     }
 
 
-def profile(fn: Callable[..., Any], *args: Any, runs: int = 3, log_dir: str | None = None) -> dict[str, Any]:
-    """Compiles and warms `fn`, traces `runs` calls; returns wall ms per call and the kernel summary."""
+def profile(
+    fn: Callable[..., Any], *args: Any, runs: int = 3, log_dir: str | None = None, top: int = 25
+) -> dict[str, Any]:
+    """Compiles and warms `fn`, traces `runs` calls; returns wall ms per call and the summary of the
+    `top` kernels."""
     jax.block_until_ready(fn(*args))
     jax.block_until_ready(fn(*args))
     log_dir = log_dir or tempfile.mkdtemp(prefix="jax-trace-")
@@ -63,7 +66,7 @@ def profile(fn: Callable[..., Any], *args: Any, runs: int = 3, log_dir: str | No
     traces = sorted(
         glob.glob(os.path.join(log_dir, "plugins", "profile", "*", "*.trace.json.gz")), key=os.path.getmtime
     )
-    summary = device_kernel_summary(traces[-1]) if traces else {"error": f"no trace under {log_dir}"}
+    summary = device_kernel_summary(traces[-1], top) if traces else {"error": f"no trace under {log_dir}"}
     summary["wall_ms_per_call"] = wall_ms
     summary["runs"] = runs
     return summary

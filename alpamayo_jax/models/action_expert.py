@@ -96,8 +96,7 @@ class ExpertLayer(nn.Module):
         out = layers.two_part_attention(
             q, prefix_k_bkpd, prefix_v_bkpd, prefix_valid_bp, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         )
-        out = out.reshape(*out.shape[:2], cfg.num_heads * cfg.head_dim)
-        h = h + layers.Dense(cfg.width, ("q_heads_head_dim", "embed"), name="o", **dense)(out)
+        h = h + layers.out_projection(out, cfg.width, cfg.fused_projections, **dense)
         x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="post_norm")(h)
         h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x)
         return (h, i + 1), None

@@ -247,14 +247,44 @@ def two_part_attention(
 # ----------------------------------------------------------------------------- fused projections
 
 
+class DenseOutMajor(nn.Module):
+    """`x @ kernel.T` with the kernel stored output-major `[*features, in]` (`axes`: output names, then
+    the input name): the inference layout of the projections that a batch-1 decode step turns into
+    matrix-vector products (XLA rewrites those small dots as multiply + reduce, which reads the
+    weight at full bandwidth only when the reduced input axis is the minor one)."""
+
+    features: tuple[int, ...]
+    axes: tuple[str, ...]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_out = int(np.prod(self.features))
+
+        def init(rng, shape, dtype=jnp.float32):
+            kernel = nn.initializers.lecun_normal()(rng, (x.shape[-1], fan_out), dtype)
+            return kernel.T.reshape(shape)
+
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(init, self.axes),
+            (*self.features, x.shape[-1]),
+            self.param_dtype,
+        )
+        n = len(self.features)
+        return jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=((x.ndim - 1,), (n,)))
+
+
 def qkv_projection(
     x_bld: jax.Array, num_heads: int, num_kv_heads: int, head_dim: int, fused: bool, **dense: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """q `[B, L, H, D]`, k and v `[B, L, K, D]` from x (call inside a compact module).
 
-    Unfused: three kernels `q`, `k`, `v` (the checkpoint layout). Fused (inference): one kernel `qkv`
-    `[E, K, H/K + 2, D]` holding, per KV head, its H/K query heads then its key and value, so a decode
-    step reads all three in one GEMM and a tensor-parallel split over KV heads keeps groups together.
+    Unfused: three kernels `q`, `k`, `v` (the checkpoint layout). Fused (inference): one output-major
+    kernel `qkv` `[K, H/K + 2, D, E]` holding, per KV head, its H/K query heads then its key and value,
+    so a decode step reads all three in one pass and a tensor-parallel split over KV heads keeps
+    groups together.
     """
     if not fused:
         q = Dense((num_heads, head_dim), ("embed", "q_heads", "head_dim"), name="q", **dense)(x_bld)
@@ -262,21 +292,35 @@ def qkv_projection(
         v = Dense((num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), name="v", **dense)(x_bld)
         return q, k, v
     group = num_heads // num_kv_heads
-    qkv = Dense(
-        (num_kv_heads, group + 2, head_dim), ("embed", "kv_heads", "qkv", "head_dim"), name="qkv", **dense
+    qkv = DenseOutMajor(
+        (num_kv_heads, group + 2, head_dim), ("kv_heads", "qkv", "head_dim", "embed"), name="qkv", **dense
     )(x_bld)
     q = qkv[..., :group, :].reshape(*x_bld.shape[:-1], num_heads, head_dim)
     return q, qkv[..., group, :], qkv[..., group + 1, :]
 
 
+def out_projection(out_blhd: jax.Array, width: int, fused: bool, **dense: Any) -> jax.Array:
+    """The attention output projection `[B, L, H, D] -> [B, L, E]` (kernel `o`): `[H * D, E]` in the
+    checkpoint layout, output-major `[E, H * D]` in the fused (inference) layout."""
+    out = out_blhd.reshape(*out_blhd.shape[:-2], out_blhd.shape[-2] * out_blhd.shape[-1])
+    if fused:
+        return DenseOutMajor((width,), ("embed", "q_heads_head_dim"), name="o", **dense)(out)
+    return Dense(width, ("q_heads_head_dim", "embed"), name="o", **dense)(out)
+
+
 def fuse_qkv_params(p: dict, num_heads: int, num_kv_heads: int) -> dict:
-    """Module params with kernels q, k, v -> with the fused `qkv` kernel of `qkv_projection`."""
+    """Attention params in the checkpoint layout (kernels q, k, v, o `[H * D, E]`) -> the fused layout
+    of `qkv_projection` / `out_projection` (output-major `qkv` `[K, H/K + 2, D, E]`, `o` `[E, H * D]`)."""
     q, k, v = (p[name]["kernel"] for name in ("q", "k", "v"))
     e, d = q.shape[0], q.shape[-1]
     q = q.reshape(e, num_kv_heads, num_heads // num_kv_heads, d)
     kernel = jnp.concatenate([q, k[:, :, None], v[:, :, None]], axis=2)
-    rest = {name: value for name, value in p.items() if name not in ("q", "k", "v")}
-    return {**rest, "qkv": {"kernel": kernel}}
+    rest = {name: value for name, value in p.items() if name not in ("q", "k", "v", "o")}
+    return {
+        **rest,
+        "qkv": {"kernel": jnp.moveaxis(kernel, 0, -1)},
+        "o": {**p["o"], "kernel": p["o"]["kernel"].T},
+    }
 
 
 def fuse_gate_up_params(p: dict) -> dict:

@@ -178,10 +178,7 @@ class Attention(nn.Module):
             out = layers.two_part_attention(q, cache_k, cache_v, cache_mask_bs, *kv)
         else:
             out = layers.causal_attention(q, k, v, valid_bl, cfg.attention_impl)
-        out = layers.Dense(cfg.width, ("q_heads_head_dim", "embed"), name="o", **dense)(
-            out.reshape(*out.shape[:2], cfg.num_heads * cfg.head_dim)
-        )
-        return out, kv
+        return layers.out_projection(out, cfg.width, cfg.fused_projections, **dense), kv
 
 
 class MLP(nn.Module):
