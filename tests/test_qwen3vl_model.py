@@ -1,5 +1,7 @@
 """Qwen3-VL at full size (shapes only) and tiny-size numerics options."""
 
+import contextlib
+import io
 import json
 
 import flax.linen as nn
@@ -9,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 from hf_util import image_prompt
+from jax import ad_checkpoint
 from transformers import Qwen3VLConfig as HFConfig
 from transformers import Qwen3VLForConditionalGeneration
 
 from alpamayo_jax.interop.hf_qwen3vl import hf_config_dict, param_map
-from alpamayo_jax.models import qwen3vl, qwen3vl_inputs
+from alpamayo_jax.models import layers, qwen3vl, qwen3vl_inputs, vlm
 
 
 def abstract_params(cfg: qwen3vl.Qwen3VLConfig):
@@ -82,9 +85,10 @@ def test_bf16_and_remat_variants_agree_with_float32():
         return jnp.mean(jax.nn.logsumexp(logits, -1))
 
     g_ref = jax.grad(loss)(params, cfg32)
-    g_remat = jax.grad(loss)(params, remat)
-    for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_remat), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    for policy in ("full", "attention"):
+        g_remat = jax.grad(loss)(params, cfg32.with_numerics(remat=policy))
+        for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_remat), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
     bf16 = cfg32.with_numerics(dtype="bfloat16")
     out16, _ = qwen3vl.Qwen3VL(bf16).apply({"params": params}, *args)
     assert out16.dtype == jnp.float32
@@ -99,3 +103,20 @@ def test_config_round_trips_through_json():
         assert qwen3vl.Qwen3VLConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown Qwen3-VL variant"):
         qwen3vl.qwen3vl_config("qwen3vl_80b")
+
+
+def test_attention_remat_policy_saves_only_attention_outputs():
+    q_blhd = jnp.asarray(np.random.default_rng(0).normal(size=(1, 6, 4, 8)), jnp.float32)
+
+    def saved(policy: str) -> str:
+        policy_fn = vlm.REMAT_POLICIES[policy]
+        f = jax.checkpoint(lambda q: (layers.attention(q, q, q) ** 2).sum(), policy=policy_fn)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            ad_checkpoint.print_saved_residuals(f, q_blhd)
+        return out.getvalue()
+
+    assert layers.ATTENTION_OUT not in saved("full")
+    lines = [line for line in saved("attention").splitlines() if layers.ATTENTION_OUT in line]
+    assert len(lines) == 1 and lines[0].startswith("f32[1,6,4,8]")
+    assert vlm.attention_saveable(type("P", (), {"name": "dot_product_attention_fwd_wrapper"})())

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 
@@ -167,6 +168,10 @@ def mrope_cos_sin(
 
 # -------------------------------------------------------------------------------------- attention
 
+# The name of attention outputs on the XLA path, for remat policies (the cuDNN kernel's residuals are
+# matched by primitive instead: see `vlm.attention_saveable`).
+ATTENTION_OUT = "attention_out"
+
 
 def attention(
     q_blhd: jax.Array,
@@ -184,9 +189,10 @@ def attention(
     natively). Fully masked rows return finite values (they are ignored downstream).
     """
     mask = None if mask_bls is None else mask_bls[:, None, :, :]
-    return jax.nn.dot_product_attention(
+    out = jax.nn.dot_product_attention(
         q_blhd, k_bskd, v_bskd, mask=mask, key_value_seq_lengths=kv_lengths_b, implementation=implementation
     )
+    return out if implementation == "cudnn" else checkpoint_name(out, ATTENTION_OUT)
 
 
 def causal_attention(

@@ -86,9 +86,20 @@ def text_config(variant: str, **overrides: Any) -> TextConfig:
     return TextConfig(**{**VARIANTS[variant], **overrides})
 
 
+_attention_out_saveable = jax.checkpoint_policies.save_only_these_names(layers.ATTENTION_OUT)
+
+
+def attention_saveable(prim: Any, *args: Any, **params: Any) -> bool:
+    """Remat policy: save only the attention outputs (the cuDNN flash kernel's output and softmax
+    statistics, or the output named `layers.ATTENTION_OUT` on the XLA path) and recompute the rest, so
+    the backward pass runs the projections, norms and MLP again but not the attention forward."""
+    return prim.name.startswith("dot_product_attention_fwd") or _attention_out_saveable(prim, *args, **params)
+
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
+    "attention": attention_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
