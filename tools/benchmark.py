@@ -4,7 +4,8 @@
     python tools/benchmark.py --preset ar1_2b --what infer --tokenizer triplane --json
 
 `--what infer`: latency of the compiled policy at the release input shapes (vision, prefill, decode per
-token, flow per step, end to end), medians after warm-up, compile times apart; `--tokenizer` picks the
+token, flow per step, end to end), medians after warm-up, compile times apart; `--decode-attention`
+picks the decode step's cache attention (xla, or the Pallas kernel: the GPU default); `--tokenizer` picks the
 vision tokenizer (per_image, triplane with `--triplane-patch`, flex with `--flex-tokens` per image).
 `--what train`: step time, tokens/s, MFU and memory of a stage's train step (`--stage`, `--remat`,
 `--batch`) at the release input shapes.
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--attention", default=None, choices=["xla", "cudnn"], help="default: cudnn on GPU")
+    parser.add_argument(
+        "--decode-attention", default=None, choices=["xla", "pallas"], help="default: pallas on GPU"
+    )
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--unroll", type=int, default=1, help="layers unrolled per scan step")
     parser.add_argument("--scan", action="store_true", help="stacked (training) layer layout")
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             batch=args.batch,
             reps=args.reps,
             attention_impl=args.attention,
+            decode_attention=args.decode_attention,
             dtype=args.dtype,
             unroll=args.unroll,
             scan_layers=args.scan,
