@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from alpamayo_jax import generation
+from alpamayo_jax.benchmarks import decode_attention as decode_attention_bench
 from alpamayo_jax.models import alpamayo, decode_attention, layers, qwen3vl, qwen3vl_inputs, vlm
 
 K, D = 2, 16  # the tiny text decoder's kv heads and head_dim
@@ -184,3 +185,19 @@ def test_tiny_qwen3vl_greedy_decoding_matches_xla(layout):
         qwen3vl.Qwen3VL(pallas), params, prompt, 4
     )
     np.testing.assert_array_equal(generated, tokens)
+
+
+def test_decode_attention_benchmark_runs_at_tiny_shapes():
+    result = decode_attention_bench.run(
+        "tiny", length=256, unfilled=10, repeat=2, reps=1, settings=((None, 128, 4, 2), (256, 32, 4, 2))
+    )
+    assert result["shape"] == dict(
+        batch=1, kv_heads=K, groups=2, length=256, head_dim=D, layers=2, dtype="bfloat16"
+    )
+    assert result["xla_us_per_layer"] > 0 and result["floor_us_per_layer"] > 0
+    assert [(s["chunk"], s["block_s"], s["programs"]) for s in result["pallas"]] == [
+        (128, 128, 4),
+        (256, 32, 2),
+    ]
+    for setting in result["pallas"]:
+        assert setting["us_per_layer"] > 0 and setting["max_abs_diff_vs_xla"] < 2e-2
