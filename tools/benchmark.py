@@ -2,13 +2,18 @@
 
     python tools/benchmark.py --preset ar1_2b --what infer --json
     python tools/benchmark.py --preset ar1_2b --what infer --tokenizer triplane --json
+    python tools/benchmark.py --preset ar1_2b --what decode_attention --json
 
 `--what infer`: latency of the compiled policy at the release input shapes (vision, prefill, decode per
-token, flow per step, end to end), medians after warm-up, compile times apart; `--tokenizer` picks the
-vision tokenizer (per_image, triplane with `--triplane-patch`, flex with `--flex-tokens` per image).
+token, flow per step, end to end), medians after warm-up, compile times apart; `--decode-attention`
+picks the decode step's cache attention (xla, or the Pallas kernel: the GPU default); `--tokenizer`
+picks the vision tokenizer (per_image, triplane with `--triplane-patch`, flex with `--flex-tokens` per
+image).
 `--what train`: step time, tokens/s, MFU and memory of a stage's train step (`--stage`, `--remat`,
 `--batch`) at the release input shapes.
 `--what data`: samples/s of the input pipeline.
+`--what decode_attention`: microseconds per layer of the decode step's cache attention, XLA against the
+Pallas kernel at several chunk / block_s / num_warps / num_stages settings (the preset's text decoder).
 """
 
 from __future__ import annotations
@@ -18,8 +23,14 @@ import json
 import sys
 
 from alpamayo_jax.benchmarks import data, infer, train
+from alpamayo_jax.benchmarks import decode_attention as decode_attention_bench
 
-BENCHMARKS = {"infer": infer.run, "data": data.run, "train": train.run}
+BENCHMARKS = {
+    "infer": infer.run,
+    "data": data.run,
+    "train": train.run,
+    "decode_attention": decode_attention_bench.run,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--attention", default=None, choices=["xla", "cudnn"], help="default: cudnn on GPU")
+    parser.add_argument(
+        "--decode-attention", default=None, choices=["xla", "pallas"], help="default: pallas on GPU"
+    )
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--unroll", type=int, default=1, help="layers unrolled per scan step")
     parser.add_argument("--scan", action="store_true", help="stacked (training) layer layout")
@@ -45,12 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         result = train.run(args.preset, batch=args.batch, reps=args.reps, stage=args.stage, remat=args.remat)
     elif args.what == "data":
         result = data.run(args.preset, batch=args.batch, reps=args.reps)
+    elif args.what == "decode_attention":
+        result = decode_attention_bench.run(args.preset, batch=args.batch, reps=args.reps, dtype=args.dtype)
     else:
         result = infer.run(
             args.preset,
             batch=args.batch,
             reps=args.reps,
             attention_impl=args.attention,
+            decode_attention=args.decode_attention,
             dtype=args.dtype,
             unroll=args.unroll,
             scan_layers=args.scan,

@@ -123,6 +123,7 @@ def run(
     flow_steps: tuple[int, ...] = (5, 10),
     reps: int = 10,
     attention_impl: str | None = None,
+    decode_attention: str | None = None,
     dtype: str = "bfloat16",
     unroll: int = 1,
     scan_layers: bool = False,
@@ -133,11 +134,15 @@ def run(
     flex_tokens: int = 16,
 ) -> dict[str, Any]:
     """`scan_layers=False, fused_projections=True` is the inference layout (one parameter set per layer,
-    one qkv and one gate_up GEMM per layer); `unroll` applies to scanned towers. `tokenizer`:
+    one qkv and one gate_up GEMM per layer); `unroll` applies to scanned towers. `decode_attention`:
+    the text decoder's attention over the cache per decode step (xla, or pallas: the default on a GPU,
+    as in `alpamayo.inference_layout`). `tokenizer`:
     per_image, triplane (patch `triplane_patch`; `triplane_half_planes`: the front half of each plane,
     for front-only rigs) or flex (`flex_tokens` per image)."""
     if attention_impl is None:
         attention_impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    if decode_attention is None:
+        decode_attention = "pallas" if jax.default_backend() == "gpu" else "xla"
     shapes = TINY_SHAPES if preset == "tiny" else RELEASE_SHAPES
     cfg = alpamayo.alpamayo_config(
         preset,
@@ -147,6 +152,7 @@ def run(
         dtype=dtype,
         param_dtype=dtype,
         attention_impl=attention_impl,
+        decode_attention=decode_attention,
         scan_unroll=unroll,
         scan_layers=scan_layers,
         fused_projections=fused_projections and not scan_layers,
@@ -164,6 +170,7 @@ def run(
         batch=batch,
         dtype=dtype,
         attention_impl=attention_impl,
+        decode_attention=decode_attention,
         layout=dict(scan_layers=scan_layers, fused_projections=cfg.vlm.text.fused_projections),
         prefix_tokens=int(prompt.tokens_bl.shape[1]),
         vision_tokens=int((np.asarray(prompt.image_slots_bl) >= 0).sum() // batch),

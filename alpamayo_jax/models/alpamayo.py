@@ -203,9 +203,11 @@ def alpamayo_config(
 
 def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     """`cfg` in the inference layout: per-layer parameters and fused projections in the text decoder
-    and the expert (convert a checkpoint's parameters with `unstack_for_inference`)."""
+    and the expert (convert a checkpoint's parameters with `unstack_for_inference`), and on a GPU the
+    fused Pallas decode attention in the text decoder (the expert's 64 query rows stay on XLA)."""
     flat = dict(scan_layers=False, fused_projections=True)
-    text = dataclasses.replace(cfg.vlm.text, **flat)
+    decode = "pallas" if jax.default_backend() == "gpu" else "xla"
+    text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=decode)
     return dataclasses.replace(
         cfg, vlm=dataclasses.replace(cfg.vlm, text=text), expert=dataclasses.replace(cfg.expert, **flat)
     )

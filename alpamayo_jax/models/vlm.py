@@ -16,7 +16,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from alpamayo_jax.models import layers
+from alpamayo_jax.models import decode_attention, layers
+
+# How a one-token decode step attends to the KV cache: "xla" (einsums and reductions, the reference) or
+# "pallas" (one fused flash-decoding kernel, `decode_attention.py`; interpreted off the GPU).
+DECODE_ATTENTION = ("xla", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +45,13 @@ class TextConfig:
     scan_unroll: int = 1  # layers unrolled per scan step
     scan_layers: bool = True  # False: one parameter set per layer (inference: no per-layer weight slicing)
     fused_projections: bool = False  # True: one qkv and one gate_up kernel per layer (inference layout)
+    decode_attention: str = "xla"  # one of DECODE_ATTENTION
+
+    def __post_init__(self):
+        if self.decode_attention not in DECODE_ATTENTION:
+            raise ValueError(
+                f"TextConfig.decode_attention {self.decode_attention!r}; known: {', '.join(DECODE_ATTENTION)}"
+            )
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -166,7 +177,8 @@ class Attention(nn.Module):
 
     Without a cache (training, prefill) the tokens attend causally to each other (right-padded rows:
     the cuDNN fast path). A one-token decode attends to the cache slots allowed by `cache_mask_bs`
-    plus itself; the cache is only read here (the caller writes the returned k/v into it).
+    plus itself (through `cfg.decode_attention`); the cache is only read here (the caller writes the
+    returned k/v into it).
     """
 
     cfg: TextConfig
@@ -186,7 +198,12 @@ class Attention(nn.Module):
         q = layers.constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
         kv = (jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2))
         if cache_k is not None and x_bld.shape[1] == 1:
-            out = layers.two_part_attention(q, cache_k, cache_v, cache_mask_bs, *kv)
+            two_part = (
+                decode_attention.decode_two_part_attention
+                if cfg.decode_attention == "pallas"
+                else layers.two_part_attention
+            )
+            out = two_part(q, cache_k, cache_v, cache_mask_bs, *kv)
         else:
             out = layers.causal_attention(q, k, v, valid_bl, cfg.attention_impl)
         return layers.out_projection(out, cfg.width, cfg.fused_projections, **dense), kv

@@ -1,0 +1,127 @@
+"""Per-layer time of the decode step's attention over the KV cache: the XLA two-part softmax against the
+Pallas kernel (`models/decode_attention.py`) at several chunk / block_s / num_warps / num_stages.
+
+Shapes are the preset's text decoder at a release cache (3,072 slots, the last 40 not yet filled,
+bf16), one query token. One compiled program runs every layer's attention (each layer its own cache
+buffer, as in the inference layout, so nothing stays in L2) `repeat` times, each output the next
+query; the median time over layers x repeat is the per-layer time including launches.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alpamayo_jax.benchmarks.timing import time_compiled
+from alpamayo_jax.models import alpamayo, layers
+from alpamayo_jax.models import decode_attention as kernel_lib
+
+# (chunk, block_s, num_warps, num_stages); chunk None: the default heuristic.
+SETTINGS: tuple[tuple[int | None, int, int, int], ...] = (
+    (None, 128, 4, 2),
+    (256, 128, 4, 2),
+    (256, 64, 4, 3),
+    (128, 64, 4, 2),
+    (128, 128, 8, 2),
+    (512, 128, 4, 3),
+)
+COPY_TB_S = 2.96  # measured device-copy bandwidth of the H100 (docs/PERFORMANCE.md)
+
+
+def _inputs(text_cfg, batch: int, length: int, unfilled: int, dtype: Any) -> tuple[Any, ...]:
+    """Query `[B, 1, H, D]`, per-layer caches (tuples of `[B, K, S, D]`), slot mask, new-token k/v."""
+    k, d = text_cfg.num_kv_heads, text_cfg.head_dim
+    keys = jax.random.split(jax.random.key(0), 2 * text_cfg.num_layers + 3)
+
+    def normal(key, shape):
+        return jax.random.normal(key, shape, dtype)
+
+    q = normal(keys[0], (batch, 1, text_cfg.num_heads, d))
+    caches = tuple(
+        (normal(keys[3 + 2 * i], (batch, k, length, d)), normal(keys[4 + 2 * i], (batch, k, length, d)))
+        for i in range(text_cfg.num_layers)
+    )
+    mask = jnp.broadcast_to(jnp.arange(length) < length - unfilled, (batch, length))
+    new = (normal(keys[1], (batch, k, 1, d)), normal(keys[2], (batch, k, 1, d)))
+    return q, caches, mask, new
+
+
+def _all_layers(attend, repeat: int):
+    """jit(q, caches, mask, new) -> q after `repeat` passes over every layer's attention."""
+
+    def run(q, caches, mask, new):
+        def one_pass(_, q):
+            for k1, v1 in caches:
+                q = attend(q, k1, v1, mask, *new)
+            return q
+
+        return jax.lax.fori_loop(0, repeat, one_pass, q)
+
+    return jax.jit(run)
+
+
+def run(
+    preset: str = "ar1_2b",
+    batch: int = 1,
+    length: int = 3072,
+    unfilled: int = 40,
+    repeat: int = 10,
+    reps: int = 10,
+    dtype: str = "bfloat16",
+    settings: tuple[tuple[int | None, int, int, int], ...] = SETTINGS,
+) -> dict[str, Any]:
+    """Microseconds per layer for XLA and each Pallas setting, the bandwidth floor, and each setting's
+    largest deviation from the XLA output on one call."""
+    text_cfg = alpamayo.alpamayo_config(preset).vlm.text
+    dt = jnp.dtype(dtype)
+    q, caches, mask, new = _inputs(text_cfg, batch, length, unfilled, dt)
+    calls = text_cfg.num_layers * repeat
+    cache_bytes = 2 * batch * text_cfg.num_kv_heads * length * text_cfg.head_dim * dt.itemsize
+    ref = np.asarray(layers.two_part_attention(q, *caches[0], mask, *new), np.float32)
+    xla = time_compiled(_all_layers(layers.two_part_attention, repeat), q, caches, mask, new, reps=reps)
+    result: dict[str, Any] = dict(
+        preset=preset,
+        device=jax.devices()[0].device_kind,
+        backend=jax.default_backend(),
+        shape=dict(
+            batch=batch,
+            kv_heads=text_cfg.num_kv_heads,
+            groups=text_cfg.num_heads // text_cfg.num_kv_heads,
+            length=length,
+            head_dim=text_cfg.head_dim,
+            layers=text_cfg.num_layers,
+            dtype=dtype,
+        ),
+        cache_mb_per_layer=cache_bytes / 1e6,
+        floor_us_per_layer=cache_bytes / (COPY_TB_S * 1e12) * 1e6,
+        xla_us_per_layer=xla["median_ms"] * 1e3 / calls,
+        pallas=[],
+    )
+    for chunk, block_s, num_warps, num_stages in settings:
+        attend = functools.partial(
+            kernel_lib.decode_two_part_attention,
+            chunk=chunk,
+            block_s=block_s,
+            num_warps=num_warps,
+            num_stages=num_stages,
+        )
+        out = np.asarray(jax.jit(attend)(q, *caches[0], mask, *new), np.float32)
+        t = time_compiled(_all_layers(attend, repeat), q, caches, mask, new, reps=reps)
+        b, k = batch, text_cfg.num_kv_heads
+        chosen = kernel_lib.default_chunk(b, k, length, block_s) if chunk is None else chunk
+        result["pallas"].append(
+            dict(
+                chunk=chosen,
+                block_s=block_s,
+                num_warps=num_warps,
+                num_stages=num_stages,
+                programs=b * k * (length // chosen),
+                us_per_layer=t["median_ms"] * 1e3 / calls,
+                max_abs_diff_vs_xla=float(np.abs(out - ref).max()),
+            )
+        )
+    return result

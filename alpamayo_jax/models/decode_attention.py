@@ -1,0 +1,212 @@
+"""Single-query ("flash-decoding") attention over a KV cache: one Pallas-Triton kernel plus a tiny combine.
+
+A batch-1 decode step attends one query per head to a cache `[B, K, S, D]` that XLA reads through a
+split-K GEMM, reductions and a second GEMM (six kernels per layer). Here each program of the grid
+(B, K, splits) reads one contiguous chunk of one KV head's cache once and keeps an online softmax
+(running max m, sum lsum, unnormalised accumulator acc in float32) for the G query heads of that KV
+head; a small jnp combine merges the splits with the always-visible new token(s). On a non-GPU
+backend the kernel runs in Pallas interpret mode (CPU tests and runs).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+# Score of a masked slot: finite so a chunk without a valid slot keeps m finite and lsum = 0 (no NaN).
+MASKED_SCORE = -1e30
+# Query rows per program: Triton's dot needs every dimension >= 16; rows >= G are masked off.
+QUERY_ROWS = 16
+# Programs wanted per call: an H100 has 132 SMs; fewer programs leave SMs without cache to read.
+TARGET_PROGRAMS = 128
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def default_chunk(batch: int, kv_heads: int, length: int, block_s: int) -> int:
+    """Slots per program: the largest power of two dividing `length`, halved while the grid has fewer
+    than TARGET_PROGRAMS programs and a chunk still holds more than one block of `block_s` slots."""
+    chunk = length & -length  # largest power of two dividing length
+    while chunk > block_s and batch * kv_heads * (length // chunk) < TARGET_PROGRAMS:
+        chunk //= 2
+    return chunk
+
+
+def _kernel(
+    q_ref, k_ref, v_ref, mask_ref, acc_ref, m_ref, lsum_ref, *, groups: int, scale: float, block_s: int
+):
+    """One (batch, kv head, split): q `[16, D]` (rows >= groups out of bounds), k/v `[chunk, D]`,
+    mask `[chunk]` int8 -> acc `[16, D]`, m and lsum `[16]` (only the first `groups` rows stored)."""
+    rows = jnp.arange(QUERY_ROWS) < groups
+    q = plgpu.load(q_ref, mask=rows[:, None], other=0)
+    q = (q.astype(jnp.float32) * scale).astype(q_ref.dtype)
+
+    def body(i, carry):
+        acc, m, lsum = carry
+        slots = pl.ds(pl.multiple_of(i * block_s, block_s), block_s)
+        valid = (mask_ref[slots] != 0)[None, :]
+        s = plgpu.dot(q, k_ref[slots, :].T)  # [16, block_s] float32
+        s = jnp.where(valid, s, MASKED_SCORE)
+        m_next = jnp.maximum(m, s.max(axis=1))
+        p = jnp.where(valid, jnp.exp(s - m_next[:, None]), 0.0)
+        alpha = jnp.exp(m - m_next)
+        v = v_ref[slots, :]
+        acc = alpha[:, None] * acc + plgpu.dot(p.astype(v.dtype), v)
+        return acc, m_next, alpha * lsum + p.sum(axis=1)
+
+    d = q_ref.shape[-1]
+    init = (
+        jnp.zeros((QUERY_ROWS, d), jnp.float32),
+        jnp.full((QUERY_ROWS,), MASKED_SCORE, jnp.float32),
+        jnp.zeros((QUERY_ROWS,), jnp.float32),
+    )
+    acc, m, lsum = jax.lax.fori_loop(0, k_ref.shape[0] // block_s, body, init)
+    plgpu.store(acc_ref, acc, mask=rows[:, None])
+    plgpu.store(m_ref, m, mask=rows)
+    plgpu.store(lsum_ref, lsum, mask=rows)
+
+
+def _check(q_bkgd: jax.Array, k_bksd: jax.Array, v_bksd: jax.Array, mask_bs: jax.Array, block_s: int) -> None:
+    """Raises ValueError naming the argument whose shape or dtype the kernel cannot take."""
+    if q_bkgd.ndim != 4 or k_bksd.ndim != 4:
+        raise ValueError(f"q_bkgd {q_bkgd.shape} and k_bksd {k_bksd.shape} must be 4-D [B, K, G|S, D]")
+    b, k, g, d = q_bkgd.shape
+    length = k_bksd.shape[2]
+    if k_bksd.shape != (b, k, length, d):
+        raise ValueError(f"k_bksd {k_bksd.shape} must be [B, K, S, D] = [{b}, {k}, S, {d}] like q_bkgd")
+    if v_bksd.shape != k_bksd.shape:
+        raise ValueError(f"v_bksd {v_bksd.shape} must have the shape of k_bksd {k_bksd.shape}")
+    if mask_bs.shape != (b, length):
+        raise ValueError(f"mask_bs {mask_bs.shape} must be [B, S] = [{b}, {length}]")
+    if not q_bkgd.dtype == k_bksd.dtype == v_bksd.dtype:
+        raise ValueError(
+            f"q_bkgd, k_bksd, v_bksd dtypes must match: {q_bkgd.dtype}, {k_bksd.dtype}, {v_bksd.dtype}"
+        )
+    if g > QUERY_ROWS:
+        raise ValueError(f"q_bkgd has G = {g} query heads per kv head; the kernel takes at most {QUERY_ROWS}")
+    if not _is_power_of_two(d) or d < 16:
+        raise ValueError(f"q_bkgd head dim D = {d} must be a power of two >= 16 (Triton dot tiles)")
+    if not _is_power_of_two(block_s) or block_s < 16:
+        raise ValueError(f"block_s = {block_s} must be a power of two >= 16")
+    if length % block_s:
+        raise ValueError(f"k_bksd cache length S = {length} must be a multiple of block_s = {block_s}")
+
+
+def cache_attention(
+    q_bkgd: jax.Array,
+    k_bksd: jax.Array,
+    v_bksd: jax.Array,
+    mask_bs: jax.Array,
+    *,
+    chunk: int | None = None,
+    block_s: int = 128,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    scale: float | None = None,
+    interpret: bool | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Split-wise softmax partials of one query per head `q [B, K, G, D]` over a cache `k, v [B, K, S, D]`.
+
+    Query head g of kv head k scores `(q * scale) . k` (scale D**-0.5 by default, applied in float32
+    and rounded to q's dtype) against the slots where `mask_bs [B, S]` is true. Split n covers slots
+    `[n * chunk, (n + 1) * chunk)` (chunk: a multiple of `block_s` dividing S; default
+    `default_chunk`). Returns float32 (acc `[B, K, N, G, D]` = sum_s exp(score - m) v_s,
+    m `[B, K, N, G]` the split's max score (MASKED_SCORE if it has no valid slot), lsum `[B, K, N, G]` =
+    sum_s exp(score - m), 0 without a valid slot). `interpret` None: interpret unless on a GPU.
+    """
+    _check(q_bkgd, k_bksd, v_bksd, mask_bs, block_s)
+    b, k, g, d = q_bkgd.shape
+    length = k_bksd.shape[2]
+    chunk = default_chunk(b, k, length, block_s) if chunk is None else chunk
+    if chunk % block_s or length % chunk:
+        raise ValueError(
+            f"chunk = {chunk} must be a multiple of block_s = {block_s} and divide the cache length {length}"
+        )
+    splits = length // chunk
+    interpret = jax.default_backend() != "gpu" if interpret is None else interpret
+    kernel = functools.partial(_kernel, groups=g, scale=d**-0.5 if scale is None else scale, block_s=block_s)
+    f32 = jnp.float32
+    return pl.pallas_call(
+        kernel,
+        grid=(b, k, splits),
+        in_specs=[
+            pl.BlockSpec((None, None, QUERY_ROWS, d), lambda i, j, n: (i, j, 0, 0)),
+            pl.BlockSpec((None, None, chunk, d), lambda i, j, n: (i, j, n, 0)),
+            pl.BlockSpec((None, None, chunk, d), lambda i, j, n: (i, j, n, 0)),
+            pl.BlockSpec((None, chunk), lambda i, j, n: (i, n)),
+        ],
+        out_specs=[
+            pl.BlockSpec((None, None, None, QUERY_ROWS, d), lambda i, j, n: (i, j, n, 0, 0)),
+            pl.BlockSpec((None, None, None, QUERY_ROWS), lambda i, j, n: (i, j, n, 0)),
+            pl.BlockSpec((None, None, None, QUERY_ROWS), lambda i, j, n: (i, j, n, 0)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((b, k, splits, g, d), f32),
+            jax.ShapeDtypeStruct((b, k, splits, g), f32),
+            jax.ShapeDtypeStruct((b, k, splits, g), f32),
+        ],
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        interpret=interpret,
+        name="decode_cache_attention",
+    )(q_bkgd, k_bksd, v_bksd, mask_bs.astype(jnp.int8))
+
+
+def decode_two_part_attention(
+    q_blhd: jax.Array,
+    k1_bksd: jax.Array,
+    v1_bksd: jax.Array,
+    mask1_bs: jax.Array,
+    k2_bktd: jax.Array,
+    v2_bktd: jax.Array,
+    *,
+    chunk: int | None = None,
+    block_s: int = 128,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """`layers.two_part_attention` for one query token (L == 1): the cache part (k1, v1, mask1) by
+    `cache_attention`, then a float32 combine of its splits with the always-visible part 2 `[B, K, T, D]`.
+
+    Returns `[B, 1, H, D]` in q's dtype; query head h uses kv head h // (H / K).
+    """
+    b, length, h, d = q_blhd.shape
+    if length != 1:
+        raise ValueError(f"q_blhd {q_blhd.shape}: decode attention takes one query token (L = 1)")
+    k = k1_bksd.shape[1]
+    if h % k:
+        raise ValueError(f"q_blhd has {h} heads, not a multiple of the {k} kv heads of k1_bksd")
+    if k2_bktd.shape[:2] != (b, k) or v2_bktd.shape != k2_bktd.shape:
+        raise ValueError(
+            f"k2_bktd {k2_bktd.shape} and v2_bktd {v2_bktd.shape} must be [B, K, T, D] = [{b}, {k}, T, {d}]"
+        )
+    q_bkgd = q_blhd.reshape(b, k, h // k, d)
+    acc, m, lsum = cache_attention(
+        q_bkgd,
+        k1_bksd,
+        v1_bksd,
+        mask1_bs,
+        chunk=chunk,
+        block_s=block_s,
+        num_warps=num_warps,
+        num_stages=num_stages,
+        interpret=interpret,
+    )
+    # The combine is multiplies and sums only (T is tiny): XLA fuses it, and no float32 dot runs in TF32.
+    f32, dtype = jnp.float32, q_blhd.dtype
+    q = (q_bkgd.astype(f32) * d**-0.5).astype(dtype).astype(f32)
+    s2 = (q[:, :, :, None, :] * k2_bktd.astype(dtype).astype(f32)[:, :, None]).sum(axis=-1)  # [B, K, G, T]
+    m_all = jnp.maximum(m.max(axis=2), s2.max(axis=-1))  # [B, K, G]
+    alpha = jnp.exp(m - m_all[:, :, None])  # [B, K, N, G]
+    p2 = jnp.exp(s2 - m_all[..., None])
+    denom = (alpha * lsum).sum(axis=2) + p2.sum(axis=-1)
+    out = (alpha[..., None] * acc).sum(axis=2)
+    p2 = p2.astype(v2_bktd.dtype).astype(f32)  # rounded like the probabilities of the kernel's PV dot
+    out += (p2[..., None] * v2_bktd.astype(f32)[:, :, None]).sum(axis=3)
+    return (out / denom[..., None]).reshape(b, 1, h, d).astype(dtype)

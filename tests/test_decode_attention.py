@@ -1,0 +1,203 @@
+"""The Pallas flash-decoding kernel (interpret mode on the CPU) against the XLA two-part attention, its
+split partials against a NumPy softmax, its errors, the config switch, and tiny Qwen3-VL decoding."""
+
+import dataclasses
+import functools
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alpamayo_jax import generation
+from alpamayo_jax.benchmarks import decode_attention as decode_attention_bench
+from alpamayo_jax.models import alpamayo, decode_attention, layers, qwen3vl, qwen3vl_inputs, vlm
+
+K, D = 2, 16  # the tiny text decoder's kv heads and head_dim
+
+
+def cache_mask(batch: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    """Cache slot masks `[B, S]` with gaps: row 0 a right-padded prompt then decode slots after a gap,
+    row 1 nothing valid in its first 128 slots, row 2 no valid slot at all (only the new token)."""
+    mask = np.zeros((batch, length), bool)
+    mask[0, :37] = True
+    mask[0, 100:140] = True
+    mask[0, length - 20 : length - 3] = True
+    if batch > 1:
+        mask[1, 128:] = rng.random(length - 128) < 0.7
+    return mask
+
+
+def inputs(batch, groups, length, dtype, seed=0, new_tokens=1):
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape):
+        return jnp.asarray(2.0 * rng.standard_normal(shape), dtype)
+
+    q = normal(batch, 1, K * groups, D)
+    k1, v1 = normal(batch, K, length, D), normal(batch, K, length, D)
+    k2, v2 = normal(batch, K, new_tokens, D), normal(batch, K, new_tokens, D)
+    return q, k1, v1, jnp.asarray(cache_mask(batch, length, rng)), k2, v2
+
+
+@pytest.mark.parametrize(
+    "dtype, groups, batch, length, chunk, block_s",
+    [
+        ("float32", 1, 1, 256, None, 128),
+        ("float32", 2, 3, 512, 256, 64),
+        ("float32", 4, 3, 256, 128, 32),
+        ("bfloat16", 2, 1, 512, None, 128),
+        ("bfloat16", 4, 3, 512, 128, 64),
+        ("bfloat16", 1, 3, 256, 256, 128),
+    ],
+)
+def test_matches_xla_two_part_attention(dtype, groups, batch, length, chunk, block_s):
+    args = inputs(batch, groups, length, dtype)
+    out = decode_attention.decode_two_part_attention(*args, chunk=chunk, block_s=block_s)
+    ref = layers.two_part_attention(*args)
+    assert out.shape == ref.shape and out.dtype == jnp.dtype(dtype)
+    tol = dict(atol=1e-5) if dtype == "float32" else dict(atol=2e-2, rtol=1e-2)  # bf16: ~2 ulp
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), **tol)
+    if batch == 3:  # the row without a valid cache slot: softmax over the new token alone returns its value
+        expected = np.repeat(np.asarray(args[5][2, :, 0], np.float32), groups, axis=0)
+        np.testing.assert_allclose(np.asarray(out[2, 0], np.float32), expected, **tol)
+
+
+def test_partials_combine_to_a_numpy_softmax():
+    q, k1, v1, mask, _, _ = inputs(3, 2, 512, "float32", seed=1)
+    partials = decode_attention.cache_attention(q.reshape(3, K, 2, D), k1, v1, mask, chunk=128, block_s=32)
+    acc, m, lsum = (np.asarray(x, np.float64) for x in partials)
+    assert acc.shape == (3, K, 4, 2, D) and m.shape == lsum.shape == (3, K, 4, 2)
+    qn, kn, vn, maskn = (np.asarray(x, np.float64) for x in (q, k1, v1, mask))
+    scores = np.einsum("bkgd,bksd->bkgs", qn.reshape(3, K, 2, D) * D**-0.5, kn)
+    scores = np.where(maskn[:, None, None].astype(bool), scores, -np.inf)
+    # Each split's max over its own valid slots; splits with none: the sentinel, lsum = 0, acc = 0.
+    split_max = scores.reshape(3, K, 2, 4, 128).max(axis=-1).transpose(0, 1, 3, 2)
+    empty = ~maskn.reshape(3, 4, 128).any(axis=-1)
+    assert empty[0, 2] and empty[1, 0] and empty[2].all() and not empty[0, 3]
+    np.testing.assert_allclose(
+        np.where(np.isinf(split_max), decode_attention.MASKED_SCORE, split_max), m, rtol=1e-6
+    )
+    empty = np.broadcast_to(empty[:, None, :, None], lsum.shape)
+    assert np.all(lsum[empty] == 0) and np.all(acc[empty] == 0) and np.all(lsum[~empty] > 0)
+    # Rows with a valid slot (0 and 1): rescaled partials = softmax(scores) @ v.
+    acc, m, lsum, scores = acc[:2], m[:2], lsum[:2], scores[:2]
+    w = np.exp(m - m.max(axis=2, keepdims=True))
+    out = (w[..., None] * acc).sum(axis=2) / (w * lsum).sum(axis=2)[..., None]
+    p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    ref = np.einsum("bkgs,bksd->bkgd", p / p.sum(axis=-1, keepdims=True), vn[:2])
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_jit_and_default_chunks():
+    args = inputs(1, 2, 512, "bfloat16", seed=2)
+    run = jax.jit(functools.partial(decode_attention.decode_two_part_attention, block_s=64))
+    np.testing.assert_array_equal(run(*args), decode_attention.decode_two_part_attention(*args, block_s=64))
+    # Enough programs to fill an H100's 132 SMs, with power-of-two chunks of whole blocks.
+    assert decode_attention.default_chunk(1, 8, 3072, 128) == 128  # 192 programs
+    assert decode_attention.default_chunk(4, 8, 3072, 128) == 512  # 192 programs
+    assert decode_attention.default_chunk(1, 2, 256, 128) == 128
+    assert decode_attention.default_chunk(64, 8, 4096, 128) == 4096  # the batch alone fills the GPU
+
+
+def test_bad_shapes_raise_errors_naming_the_argument():
+    q, k1, v1, mask, k2, v2 = inputs(1, 2, 256, "float32")
+    two_part = decode_attention.decode_two_part_attention
+    with pytest.raises(ValueError, match="one query token"):
+        two_part(jnp.concatenate([q, q], axis=1), k1, v1, mask, k2, v2)
+    with pytest.raises(ValueError, match="multiple of block_s"):
+        two_part(q, k1[:, :, :200], v1[:, :, :200], mask[:, :200], k2, v2)
+    with pytest.raises(ValueError, match="chunk = 96"):
+        two_part(q, k1, v1, mask, k2, v2, chunk=96, block_s=32)
+    with pytest.raises(ValueError, match="G = 32"):
+        two_part(jnp.zeros((1, 1, 64, D)), k1, v1, mask, k2, v2)
+    with pytest.raises(ValueError, match="dtypes must match"):
+        two_part(q, k1.astype(jnp.bfloat16), v1, mask, k2, v2)
+    with pytest.raises(ValueError, match="mask_bs"):
+        two_part(q, k1, v1, mask[:, :128], k2, v2)
+    with pytest.raises(ValueError, match="v_bksd"):
+        two_part(q, k1, v1[:, :1], mask, k2, v2)
+    with pytest.raises(ValueError, match="k2_bktd"):
+        two_part(q, k1, v1, mask, k2[:, :1], v2)
+    with pytest.raises(ValueError, match="not a multiple"):
+        two_part(q[:, :, :3], k1, v1, mask, k2, v2)
+    with pytest.raises(ValueError, match="block_s = 48"):
+        two_part(q, k1, v1, mask, k2, v2, block_s=48)
+
+
+def test_config_switch_validates_round_trips_and_follows_the_backend(monkeypatch):
+    with pytest.raises(ValueError, match="decode_attention 'triton'"):
+        vlm.text_config("tiny", decode_attention="triton")
+    cfg = qwen3vl.qwen3vl_config("tiny", decode_attention="pallas")
+    assert cfg.text.decode_attention == "pallas"
+    assert qwen3vl.Qwen3VLConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    full = alpamayo.alpamayo_config("tiny")
+    assert alpamayo.inference_layout(full).vlm.text.decode_attention == "xla"  # the CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    gpu = alpamayo.inference_layout(full)
+    assert gpu.vlm.text.decode_attention == "pallas" and not gpu.vlm.text.scan_layers
+    assert alpamayo.AlpamayoConfig.from_dict(json.loads(json.dumps(gpu.to_dict()))) == gpu
+
+
+def greedy_decode(cfg, params, prompt, steps):
+    """Prefill then `steps` greedy decode steps; returns (tokens `[B, steps]`, logits `[B, steps, V]`)."""
+    model = qwen3vl.Qwen3VL(cfg)
+    logits, cache = jax.jit(
+        lambda p: generation.prefill(model, p, prompt, prompt.tokens_bl.shape[1] + steps)
+    )(params)
+    step = jax.jit(
+        lambda p, token, pos, c: model.apply(
+            {"params": p}, token[:, None], pos, c, method=qwen3vl.Qwen3VL.decode_step
+        )
+    )
+    tokens, all_logits, pos = [], [], prompt.next_position_b
+    for _ in range(steps):
+        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        logits, cache = step(params, token, pos, cache)
+        tokens.append(token)
+        all_logits.append(logits)
+        pos = pos + 1
+    return np.stack(tokens, axis=1), np.stack(all_logits, axis=1)
+
+
+@pytest.mark.parametrize("layout", ["scanned", "per_layer"])
+def test_tiny_qwen3vl_greedy_decoding_matches_xla(layout):
+    flat = dict(scan_layers=False, fused_projections=True) if layout == "per_layer" else {}
+    cfg = qwen3vl.qwen3vl_config("tiny", **flat)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 400, (2, 9))
+    valid = np.arange(9)[None] < np.array([[9], [5]])  # a right-padded row: a gap before its decode slots
+    prompt = qwen3vl_inputs.prompt_inputs(cfg, np.where(valid, ids, 0), valid.astype(np.int64))
+    params = nn.unbox(
+        qwen3vl.Qwen3VL(cfg).init(jax.random.key(0), prompt.tokens_bl, prompt.positions_3bl, prompt.valid_bl)
+    )["params"]
+    params = jax.tree_util.tree_map(lambda x: 4.0 * x, params)  # larger logits: well-separated argmax
+    tokens, logits = greedy_decode(cfg, params, prompt, 4)
+    pallas = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, decode_attention="pallas"))
+    tokens_p, logits_p = greedy_decode(pallas, params, prompt, 4)
+    np.testing.assert_array_equal(tokens_p, tokens)
+    assert np.abs(logits).max() > 1.0
+    np.testing.assert_allclose(logits_p, logits, atol=1e-4)
+    # The compiled generation loop (decode steps inside lax.while_loop) picks the same tokens.
+    generated, _ = jax.jit(generation.generate, static_argnums=(0, 3))(
+        qwen3vl.Qwen3VL(pallas), params, prompt, 4
+    )
+    np.testing.assert_array_equal(generated, tokens)
+
+
+def test_decode_attention_benchmark_runs_at_tiny_shapes():
+    result = decode_attention_bench.run(
+        "tiny", length=256, unfilled=10, repeat=2, reps=1, settings=((None, 128, 4, 2), (256, 32, 4, 2))
+    )
+    assert result["shape"] == dict(
+        batch=1, kv_heads=K, groups=2, length=256, head_dim=D, layers=2, dtype="bfloat16"
+    )
+    assert result["xla_us_per_layer"] > 0 and result["floor_us_per_layer"] > 0
+    assert [(s["chunk"], s["block_s"], s["programs"]) for s in result["pallas"]] == [
+        (128, 128, 4),
+        (256, 32, 2),
+    ]
+    for setting in result["pallas"]:
+        assert setting["us_per_layer"] > 0 and setting["max_abs_diff_vs_xla"] < 2e-2
