@@ -30,8 +30,15 @@ def test_model_flops_follow_the_architecture():
 
 
 def test_train_benchmark_times_the_trainer_step():
-    result = train.run("tiny", batch=8, reps=1, stage="stage1_action_injection")
+    result = train.run("tiny", batch=1, reps=1, stage="stage1_action_injection")
     assert result["step_ms"] > 0 and result["tokens_per_s"] > 0
     assert result["model_tflop_per_step"] == sum(result["flops_by_part_tflop"].values())
     assert np.isfinite(result["final_loss"])
     assert result["devices"] == jax.device_count()
+    # `batch` is per device: the global batch grows with the devices (weak scaling).
+    assert result["global_batch"] == jax.device_count()
+    assert result["mesh"] == {"data": 1, "fsdp": jax.device_count(), "tensor": 1}
+    # The same global batch under FSDP + tensor parallelism gives the same loss after the same steps.
+    tp = train.run("tiny", batch=1, reps=1, stage="stage1_action_injection", mesh=(2, 2, 2), rules="fsdp_tp")
+    assert tp["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2} and tp["rules"] == "fsdp_tp"
+    np.testing.assert_allclose(tp["final_loss"], result["final_loss"], rtol=1e-4)

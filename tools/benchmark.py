@@ -10,7 +10,7 @@ picks the decode step's cache attention (xla, or the Pallas kernel: the GPU defa
 picks the vision tokenizer (per_image, triplane with `--triplane-patch`, flex with `--flex-tokens` per
 image).
 `--what train`: step time, tokens/s, MFU and memory of a stage's train step (`--stage`, `--remat`,
-`--batch`) at the release input shapes.
+`--batch` per device, `--mesh`, `--rules`) at the release input shapes; several GPUs: weak scaling.
 `--what data`: samples/s of the input pipeline.
 `--what decode_attention`: microseconds per layer of the decode step's cache attention, XLA against the
 Pallas kernel at several chunk / block_s / num_warps / num_stages settings (the preset's text decoder).
@@ -22,8 +22,12 @@ import argparse
 import json
 import sys
 
-from alpamayo_jax.benchmarks import data, infer, train
-from alpamayo_jax.benchmarks import decode_attention as decode_attention_bench
+from alpamayo_jax.train import host_env
+
+host_env.disable_nvlink_multicast()
+
+from alpamayo_jax.benchmarks import data, infer, train  # noqa: E402
+from alpamayo_jax.benchmarks import decode_attention as decode_attention_bench  # noqa: E402
 
 BENCHMARKS = {
     "infer": infer.run,
@@ -53,10 +57,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flex-tokens", type=int, default=16, help="Flex scene tokens per image")
     parser.add_argument("--stage", default="stage2_coc_sft", help="train: experiment file (stage1/2)")
     parser.add_argument("--remat", default="full", help="train: remat policy (none, full, dots, ...)")
+    parser.add_argument("--mesh", default="1,-1,1", help="train: mesh shape data,fsdp,tensor (-1: the rest)")
+    parser.add_argument("--rules", default="fsdp", help="train: logical-axis rules table (dp, fsdp, fsdp_tp)")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
     if args.what == "train":
-        result = train.run(args.preset, batch=args.batch, reps=args.reps, stage=args.stage, remat=args.remat)
+        mesh = tuple(int(n) for n in args.mesh.split(","))
+        if len(mesh) != 3:
+            parser.error(f"--mesh {args.mesh!r}: three sizes data,fsdp,tensor")
+        result = train.run(
+            args.preset,
+            batch=args.batch,
+            reps=args.reps,
+            stage=args.stage,
+            remat=args.remat,
+            mesh=mesh,
+            rules=args.rules,
+        )
     elif args.what == "data":
         result = data.run(args.preset, batch=args.batch, reps=args.reps)
     elif args.what == "decode_attention":

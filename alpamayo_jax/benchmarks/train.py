@@ -35,16 +35,27 @@ def experiment_preset(preset: str) -> str:
     return by_variant[preset]
 
 
-def step_config(preset: str, stage: str, batch: int, remat: str, seq_len: int | None) -> Any:
-    """The experiment config of `stage` at `preset` with the fake release-shape input of `batch`."""
+def step_config(
+    preset: str,
+    stage: str,
+    batch: int,
+    remat: str,
+    seq_len: int | None,
+    mesh: tuple[int, int, int] = (1, -1, 1),
+    rules: str = "fsdp",
+    devices: int = 1,
+) -> Any:
+    """The experiment config of `stage` at `preset` with fake release-shape input: `batch` samples per
+    device on `devices` devices, mesh (data, fsdp, tensor) and the named rules table."""
     config = importlib.import_module(f"experiments.{stage}").get_config(experiment_preset(preset))
     with config.unlocked():
         config.data.kind = "fake"
-        config.data.global_batch = batch
+        config.data.global_batch = batch * devices
         if seq_len:
             config.data.seq_len = seq_len
         config.model.remat = remat
-        config.mesh.shape = (1, -1, 1)
+        config.mesh.shape = tuple(mesh)
+        config.mesh.rules = rules
     return config
 
 
@@ -96,10 +107,13 @@ def run(
     stage: str = "stage2_coc_sft",
     remat: str = "full",
     seq_len: int | None = None,
+    mesh: tuple[int, int, int] = (1, -1, 1),
+    rules: str = "fsdp",
     **_: Any,
 ) -> dict[str, Any]:
-    """Step time, tokens/s and MFU of `stage`'s train step at `preset` on this host's devices."""
-    config = step_config(preset, stage, batch, remat, seq_len)
+    """Step time, tokens/s and MFU of `stage`'s train step at `preset` on this host's devices, with
+    `batch` samples per device (weak scaling: the global batch grows with the device count)."""
+    config = step_config(preset, stage, batch, remat, seq_len, mesh, rules, jax.device_count())
     setup = trainer.build(config)
     state = setup.init()
     host_batch = next(setup.train_iter)
@@ -132,7 +146,10 @@ def run(
         stage=stage,
         device=kind,
         devices=devices,
+        mesh=dict(setup.mesh.shape),
+        rules=rules,
         batch=batch,
+        global_batch=batch * devices,
         seq_len=int(host_batch.tokens_bl.shape[1]),
         tokens=tokens,
         remat=remat,

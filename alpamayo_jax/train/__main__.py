@@ -5,16 +5,11 @@ pass `--coordinator HOST:PORT --num_processes N --process_id I` on every host (o
 let `jax.distributed.initialize` read the cluster environment: TPU pods, SLURM, Kubernetes).
 """
 
-import os
+from alpamayo_jax.train import host_env
 
 # NVLink multicast (NVLS) stays off on the multi-GPU hosts; set before JAX (and NCCL) start, and
 # inherited by every process the trainer starts.
-for _name, _value in (
-    ("NCCL_NVLS_ENABLE", "0"),
-    ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
-    ("NVSHMEM_DISABLE_NVLS", "1"),
-):
-    os.environ.setdefault(_name, _value)
+host_env.disable_nvlink_multicast()
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
