@@ -122,8 +122,7 @@ def flow_from_prefix(
     steps: int,
 ) -> jax.Array:
     """Euler flow from noise to normalised controls `[B, A, 2]`, reading per-layer prefix K/V
-    `[layers, B, K, P, D]` (a KV cache, or a training forward's K/V in evaluation); the steps run as
-    straight-line code in the inference layout (per-layer expert), in a device loop otherwise."""
+    `[layers, B, K, P, D]` (a KV cache, or a training forward's K/V in evaluation)."""
     model = Alpamayo(cfg)
     batch = first_position_b.shape[0]
     noise = jax.random.normal(rng, (batch, cfg.expert.num_waypoints, 2), jnp.float32)
@@ -140,8 +139,7 @@ def flow_from_prefix(
             method=Alpamayo.velocity,
         )
 
-    # The inference layout (per-layer expert) also unrolls the steps: no device loop.
-    return flow_matching.euler_sample(velocity, noise, steps, unroll=not cfg.expert.scan_layers)
+    return flow_matching.euler_sample(velocity, noise, steps)
 
 
 def flow_sample(

@@ -168,15 +168,3 @@ def test_flow_learns_a_conditional_toy_distribution():
         assert float(part.std((0, 1)).max()) < 0.35
     assert float(value) < 0.6
 
-
-def test_unrolled_euler_steps_equal_the_loop():
-    noise = jax.random.normal(jax.random.key(0), (3, 8, 2))
-
-    def velocity(x, t):
-        return jnp.sin(x) * (1.0 + t)
-
-    looped = fm.euler_sample(velocity, noise, 5)
-    unrolled = fm.euler_sample(velocity, noise, 5, unroll=True)
-    np.testing.assert_allclose(unrolled, looped, rtol=1e-6)
-    # One explicit step as a check on the integration itself.
-    np.testing.assert_allclose(fm.euler_sample(velocity, noise, 1), noise + jnp.sin(noise), rtol=1e-6)

@@ -14,6 +14,7 @@ image: 256 at 16). `vision_tokens` and `prefix_tokens` are the image and prompt 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 import flax.linen as nn
@@ -117,6 +118,11 @@ def init_params(cfg: alpamayo.AlpamayoConfig, seed: int = 0) -> Any:
     return init(jax.random.key(seed))
 
 
+def progress(key: str, result: dict[str, Any], compile_ms: dict[str, float]) -> None:
+    """One line per finished measurement on stderr (a run cut short still shows what it measured)."""
+    print(f"{key} {result[key]:.3f} ms (compiles so far {compile_ms})", file=sys.stderr, flush=True)
+
+
 def run(
     preset: str,
     batch: int = 1,
@@ -188,6 +194,7 @@ def run(
         vision = jax.jit(lambda p, pr: inference.vision_features(cfg, p, pr))
     t = time_compiled(vision, params, prompt, reps=reps)
     result["vision_ms"], compile_ms = t["median_ms"], {"vision": t["compile_ms"]}
+    progress("vision_ms", result, compile_ms)
 
     cache_size = prompt.tokens_bl.shape[1] + n_reason + 1
     prefill = jax.jit(
@@ -196,6 +203,7 @@ def run(
     t = time_compiled(prefill, params, prompt, reps=reps)
     result["prefill_with_vision_ms"], compile_ms["prefill"] = t["median_ms"], t["compile_ms"]
     result["prefill_ms"] = result["prefill_with_vision_ms"] - result["vision_ms"]
+    progress("prefill_ms", result, compile_ms)
 
     logits, cache = prefill(params, prompt)
     sampling = generation.SamplingConfig(0.0, 1.0, None)
@@ -207,6 +215,7 @@ def run(
     )
     result["decode_ms"], compile_ms["decode"] = t["median_ms"], t["compile_ms"]
     result["decode_ms_per_token"] = t["median_ms"] / n_reason
+    progress("decode_ms_per_token", result, compile_ms)
 
     icfg = inference.InferenceConfig(
         max_reasoning_tokens=n_reason, min_reasoning_tokens=n_reason, temperature=0.0
@@ -218,6 +227,7 @@ def run(
         flow = jax.jit(lambda p, c, f, r, steps=steps: inference.flow_sample(cfg, p, c, f, r, steps))
         t = time_compiled(flow, params, full_cache, first, jax.random.key(3), reps=reps)
         result[f"flow_{steps}_steps_ms"], compile_ms[f"flow_{steps}"] = t["median_ms"], t["compile_ms"]
+        progress(f"flow_{steps}_steps_ms", result, compile_ms)
     result["flow_ms_per_step"] = result[f"flow_{flow_steps[0]}_steps_ms"] / flow_steps[0]
 
     steps = flow_steps[0]

@@ -58,15 +58,11 @@ def flow_matching_loss(
 
 
 def euler_sample(
-    velocity_fn: Callable[[jax.Array, jax.Array], jax.Array],
-    noise: jax.Array,
-    num_steps: int,
-    unroll: bool = False,
+    velocity_fn: Callable[[jax.Array, jax.Array], jax.Array], noise: jax.Array, num_steps: int
 ) -> jax.Array:
     """Integrates dx/dt = velocity_fn(x_t, t) from t = 0 (`noise`) to t = 1 with `num_steps` Euler steps.
 
     `t` is passed to `velocity_fn` as a float32 scalar (i / num_steps); broadcast it as the model needs.
-    `unroll`: the steps as straight-line code (inference: no device loop waiting on the host per step).
     """
     dt = 1.0 / num_steps
 
@@ -74,7 +70,7 @@ def euler_sample(
         t = i.astype(jnp.float32) * dt
         return x + dt * velocity_fn(x, t).astype(x.dtype)
 
-    return jax.lax.fori_loop(0, num_steps, step, noise, unroll=unroll)
+    return jax.lax.fori_loop(0, num_steps, step, noise)
 
 
 def fourier_features(
