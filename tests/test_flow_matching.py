@@ -167,4 +167,3 @@ def test_flow_learns_a_conditional_toy_distribution():
         np.testing.assert_allclose(part.mean((0, 1)), [2 * sign, -sign], atol=0.15)
         assert float(part.std((0, 1)).max()) < 0.35
     assert float(value) < 0.6
-

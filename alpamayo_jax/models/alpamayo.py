@@ -203,25 +203,21 @@ def alpamayo_config(
 
 def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     """`cfg` in the inference layout: per-layer parameters and fused projections in the text decoder
-    and the expert, per-block parameters in the ViT (no layer loop on the device: each iteration of
-    a scanned tower waits for the host), convert a checkpoint's parameters with
-    `unstack_for_inference`; on a GPU the fused Pallas decode attention in the text decoder (the
-    expert's 64 query rows stay on XLA)."""
+    and the expert (convert a checkpoint's parameters with `unstack_for_inference`), and on a GPU the
+    fused Pallas decode attention in the text decoder (the expert's 64 query rows stay on XLA). The
+    ViT stays scanned: it is compute-bound (unstacking it measured no faster, and compiles slower)."""
     flat = dict(scan_layers=False, fused_projections=True)
     decode = "pallas" if jax.default_backend() == "gpu" else "xla"
     text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=decode)
-    vision = dataclasses.replace(cfg.vlm.vision, scan_layers=False)
     return dataclasses.replace(
-        cfg,
-        vlm=dataclasses.replace(cfg.vlm, text=text, vision=vision),
-        expert=dataclasses.replace(cfg.expert, **flat),
+        cfg, vlm=dataclasses.replace(cfg.vlm, text=text), expert=dataclasses.replace(cfg.expert, **flat)
     )
 
 
 def unstack_for_inference(params: Any, cfg: AlpamayoConfig) -> Any:
     """Stacked (training / checkpoint) parameters -> the inference layout of `cfg`: one parameter set
-    per layer for the text decoder, the expert and (when its `scan_layers` is off) the ViT, with fused
-    qkv / gate_up kernels when `fused_projections`."""
+    per layer for the text decoder and the expert (`scan_layers=False`; the ViT stays scanned), with
+    fused qkv / gate_up kernels and output-major qkv / o kernels when `fused_projections`."""
     text_cfg, expert_cfg = cfg.vlm.text, cfg.expert
 
     def layer(p: dict, attn: str | None, heads: int) -> dict:
@@ -243,10 +239,7 @@ def unstack_for_inference(params: Any, cfg: AlpamayoConfig) -> Any:
         params["expert"],
         layers=flat(params["expert"]["layers"], expert_cfg.num_layers, None, expert_cfg.num_heads),
     )
-    vision = params["vlm"]["vision"]
-    if not cfg.vlm.vision.scan_layers:
-        vision = dict(vision, blocks=unstack_layers(vision["blocks"], cfg.vlm.vision.depth))
-    return dict(params, vlm=dict(params["vlm"], text=text, vision=vision), expert=expert)
+    return dict(params, vlm=dict(params["vlm"], text=text), expert=expert)
 
 
 def masked_mean(x: jax.Array, weight: jax.Array) -> jax.Array:

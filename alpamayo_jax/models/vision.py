@@ -49,7 +49,6 @@ class VisionConfig:
     remat: str = "none"
     attention_impl: str | None = None
     scan_unroll: int = 1
-    scan_layers: bool = True  # False: one parameter set per block, called in a Python loop (inference)
 
     @property
     def patch_dim(self) -> int:
@@ -230,9 +229,7 @@ class VisionTower(nn.Module):
         for slot, layer in enumerate(cfg.deepstack_layers):
             slot_of_layer[layer] = slot
         taps = jnp.zeros((num_taps + 1, *x.shape), dtype)
-        blocks = scanned_layers(
-            VisionBlock, cfg, cfg.depth, cfg.remat, "blocks", unroll=cfg.scan_unroll, scan=cfg.scan_layers
-        )
+        blocks = scanned_layers(VisionBlock, cfg, cfg.depth, cfg.remat, "blocks", unroll=cfg.scan_unroll)
         (x, _, taps), _ = blocks(
             (x, jnp.zeros((), jnp.int32), taps), cos, sin, inputs.lengths_i, jnp.asarray(slot_of_layer)
         )
