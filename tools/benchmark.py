@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--half-planes", action="store_true", help="triplane: front half planes only")
     parser.add_argument("--flex-tokens", type=int, default=16, help="Flex scene tokens per image")
     parser.add_argument("--stage", default="stage2_coc_sft", help="train: experiment file (stage1/2)")
-    parser.add_argument("--remat", default="full", help="train: remat policy (none, full, dots, ...)")
+    parser.add_argument(
+        "--remat", default="attention", help="train: remat policy (none, full, attention, dots, ...)"
+    )
     parser.add_argument("--mesh", default="1,-1,1", help="train: mesh shape data,fsdp,tensor (-1: the rest)")
     parser.add_argument("--rules", default="fsdp", help="train: logical-axis rules table (dp, fsdp, fsdp_tp)")
     parser.add_argument("--json", action="store_true", help="print JSON only")

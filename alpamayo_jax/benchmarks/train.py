@@ -105,7 +105,7 @@ def run(
     batch: int = 1,
     reps: int = 5,
     stage: str = "stage2_coc_sft",
-    remat: str = "full",
+    remat: str = "attention",
     seq_len: int | None = None,
     mesh: tuple[int, int, int] = (1, -1, 1),
     rules: str = "fsdp",
