@@ -19,6 +19,7 @@ Pallas kernel at several chunk / block_s / num_warps / num_stages settings (the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -63,6 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", default="fsdp", help="train: logical-axis rules table (dp, fsdp, fsdp_tp)")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
+    # With --json, stdout carries the JSON object only: progress and logs go to stderr.
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        result = run(parser, args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>24}: {value}")
+    return 0
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     if args.what == "train":
         mesh = tuple(int(n) for n in args.mesh.split(","))
         if len(mesh) != 3:
@@ -96,12 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             triplane_half_planes=args.half_planes,
             flex_tokens=args.flex_tokens,
         )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>24}: {value}")
-    return 0
+    return result
 
 
 if __name__ == "__main__":
