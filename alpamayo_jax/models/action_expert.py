@@ -80,10 +80,13 @@ class ExpertLayer(nn.Module):
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dense = dict(dtype=dtype, param_dtype=pdtype)
         h, i = carry
-        x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="input_norm")(h)
+        # The fused (inference) layout folds the norms' scales into the qkv / gate_up kernels.
+        folded = cfg.fused_projections
+        x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "input_norm")
         q, k, v = layers.qkv_projection(
             x, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.fused_projections, **dense
         )
+        q, k, v = (layers.scale_rows(t, inv_rms) for t in (q, k, v))
         q = layers.apply_rotary(
             layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="q_norm")(q), cos_bad, sin_bad
         )
@@ -97,8 +100,8 @@ class ExpertLayer(nn.Module):
             q, prefix_k_bkpd, prefix_v_bkpd, prefix_valid_bp, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         )
         h = h + layers.out_projection(out, cfg.width, cfg.fused_projections, **dense)
-        x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="post_norm")(h)
-        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x)
+        x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
+        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
         return (h, i + 1), None
 
 

@@ -217,16 +217,26 @@ def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
 def unstack_for_inference(params: Any, cfg: AlpamayoConfig) -> Any:
     """Stacked (training / checkpoint) parameters -> the inference layout of `cfg`: one parameter set
     per layer for the text decoder and the expert (`scan_layers=False`; the ViT stays scanned), with
-    fused qkv / gate_up kernels and output-major qkv / o kernels when `fused_projections`."""
+    fused qkv / gate_up kernels, output-major qkv / o kernels and the pre-norms' scales folded into
+    them when `fused_projections`."""
     text_cfg, expert_cfg = cfg.vlm.text, cfg.expert
 
     def layer(p: dict, attn: str | None, heads: int) -> dict:
         if not text_cfg.fused_projections:
             return p
-        p = dict(p, mlp=layers.fuse_gate_up_params(p["mlp"]))
-        if attn is None:
-            return layers.fuse_qkv_params(p, heads, text_cfg.num_kv_heads)
-        return dict(p, **{attn: layers.fuse_qkv_params(p[attn], heads, text_cfg.num_kv_heads)})
+        # Fused kernels; the pre-norms' scales folded into them (`layers.pre_norm`).
+        mlp = layers.fuse_gate_up_params(p["mlp"])
+        kernel = layers.fold_norm_scale(mlp["gate_up"]["kernel"], p["post_norm"]["scale"], axis=0)
+        mlp = dict(mlp, gate_up={"kernel": kernel})
+        qkv_owner = p if attn is None else p[attn]
+        fused = layers.fuse_qkv_params(qkv_owner, heads, text_cfg.num_kv_heads)
+        kernel = layers.fold_norm_scale(fused["qkv"]["kernel"], p["input_norm"]["scale"], axis=-1)
+        fused = dict(fused, qkv={"kernel": kernel})
+        rest = {k: v for k, v in p.items() if k not in ("input_norm", "post_norm", "mlp")}
+        if attn is None:  # the expert: attention parameters at the layer's top level
+            rest = {k: v for k, v in rest.items() if k not in ("q", "k", "v", "o")}
+            return {**rest, "qkv": fused["qkv"], "o": fused["o"], "mlp": mlp}
+        return {**rest, attn: fused, "mlp": mlp}
 
     def flat(stacked: Any, num_layers: int, attn: str | None, heads: int) -> dict:
         return {i: layer(p, attn, heads) for i, p in unstack_layers(stacked, num_layers).items()}

@@ -49,6 +49,38 @@ class RMSNorm(nn.Module):
         return (x32 * scale.astype(jnp.float32)).astype(self.dtype)
 
 
+def pre_norm(
+    h_bld: jax.Array, folded: bool, eps: float, dtype: Dtype, param_dtype: Dtype, name: str
+) -> tuple[jax.Array, jax.Array | None]:
+    """The input of the projections after a pre-norm (call inside a compact module).
+
+    Checkpoint layout: (RMSNorm(h), None). Folded (the inference layout): the norm's scale lives in
+    the next kernels (`fold_norm_scale`), so the projections read h as it is and the caller multiplies
+    their output rows by the returned 1 / RMS(h) `[B, L, 1]` (float32; `scale_rows`): one fewer
+    elementwise pass over h per norm.
+    """
+    if not folded:
+        return RMSNorm(eps, dtype, param_dtype, name=name)(h_bld), None
+    h32 = h_bld.astype(jnp.float32)
+    return h_bld, jax.lax.rsqrt(jnp.mean(h32 * h32, axis=-1, keepdims=True) + eps)
+
+
+def scale_rows(y_bl_: jax.Array, inv_rms_bl1: jax.Array | None) -> jax.Array:
+    """`y [B, L, ...]` times the per-token factor of a folded `pre_norm` (identity for None)."""
+    if inv_rms_bl1 is None:
+        return y_bl_
+    factor = inv_rms_bl1.reshape(*inv_rms_bl1.shape[:2], *(1,) * (y_bl_.ndim - 2))
+    return (y_bl_.astype(jnp.float32) * factor).astype(y_bl_.dtype)
+
+
+def fold_norm_scale(kernel: jax.Array, scale_e: jax.Array, axis: int) -> jax.Array:
+    """A kernel with an RMSNorm's scale `[E]` multiplied into its input axis `axis` (of size E)."""
+    shape = [1] * kernel.ndim
+    shape[axis] = scale_e.shape[0]
+    folded = kernel.astype(jnp.float32) * scale_e.astype(jnp.float32).reshape(shape)
+    return folded.astype(kernel.dtype)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with scale and bias, computed in float32 (the ViT and mergers use it)."""
 

@@ -184,13 +184,24 @@ class Attention(nn.Module):
     cfg: TextConfig
 
     @nn.compact
-    def __call__(self, x_bld, cos_bld, sin_bld, valid_bl, cache_k=None, cache_v=None, cache_mask_bs=None):
+    def __call__(
+        self,
+        x_bld,
+        cos_bld,
+        sin_bld,
+        valid_bl,
+        cache_k=None,
+        cache_v=None,
+        cache_mask_bs=None,
+        inv_rms_bl1=None,
+    ):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dense = dict(dtype=dtype, param_dtype=pdtype)
         q, k, v = layers.qkv_projection(
             x_bld, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.fused_projections, **dense
         )
+        q, k, v = (layers.scale_rows(t, inv_rms_bl1) for t in (q, k, v))  # a folded input norm
         q = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="q_norm")(q)
         k = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="k_norm")(k)
         q = layers.apply_rotary(q, cos_bld, sin_bld)
@@ -219,10 +230,12 @@ class MLP(nn.Module):
     fused: bool = False
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, inv_rms_bl1=None):
+        """`inv_rms_bl1`: the factor of a folded pre-norm (`layers.pre_norm`; fused layout only)."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.fused:
             gate_up = layers.Dense((2, self.mlp_dim), ("embed", "gate_up", "mlp"), name="gate_up", **kw)(x)
+            gate_up = layers.scale_rows(gate_up, inv_rms_bl1)
             gate, up = gate_up[..., 0, :], gate_up[..., 1, :]
         else:
             gate = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="gate", **kw)(x)
@@ -246,11 +259,15 @@ class DecoderLayer(nn.Module):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         h, i = carry
-        x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="input_norm")(h)
-        attn, kv = Attention(cfg, name="attn")(x, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs)
+        # The fused (inference) layout folds the norms' scales into the qkv / gate_up kernels.
+        folded = cfg.fused_projections
+        x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "input_norm")
+        attn, kv = Attention(cfg, name="attn")(
+            x, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs, inv_rms
+        )
         h = h + attn
-        x = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="post_norm")(h)
-        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x)
+        x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
+        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
         if deepstack_nbld is not None:
             n = deepstack_nbld.shape[0]
             add = jax.lax.dynamic_index_in_dim(deepstack_nbld, jnp.minimum(i, n - 1), keepdims=False)
