@@ -44,7 +44,7 @@ class ExpertConfig:
     attention_impl: str | None = None
     scan_unroll: int = 1
     scan_layers: bool = True
-    fused_projections: bool = False
+    fused_projections: bool = False  # the inference layout, as `vlm.TextConfig.fused_projections`
 
 
 def expert_config(text: TextConfig, width: int, mlp_dim: int, num_heads: int, **kw: Any) -> ExpertConfig:

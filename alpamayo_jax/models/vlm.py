@@ -44,7 +44,9 @@ class TextConfig:
     attention_impl: str | None = None
     scan_unroll: int = 1  # layers unrolled per scan step
     scan_layers: bool = True  # False: one parameter set per layer (inference: no per-layer weight slicing)
-    fused_projections: bool = False  # True: one qkv and one gate_up kernel per layer (inference layout)
+    # True (the inference layout): one output-major qkv and one gate_up kernel per layer, output-major o,
+    # and the pre-norms' scales folded into qkv / gate_up (`alpamayo.unstack_for_inference` converts).
+    fused_projections: bool = False
     decode_attention: str = "xla"  # one of DECODE_ATTENTION
 
     def __post_init__(self):
