@@ -26,6 +26,7 @@ from alpamayo_jax import generation, inference, trajectory_tokens
 from alpamayo_jax.benchmarks.timing import time_compiled
 from alpamayo_jax.data import batch as batch_lib
 from alpamayo_jax.models import alpamayo, qwen3vl_inputs
+from alpamayo_jax.models import decode_attention as decode_attention_lib
 from alpamayo_jax.models.qwen3vl import Qwen3VL
 from alpamayo_jax.models.qwen3vl_inputs import PromptInputs
 
@@ -148,7 +149,7 @@ def run(
     if attention_impl is None:
         attention_impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
     if decode_attention is None:
-        decode_attention = "pallas" if jax.default_backend() == "gpu" else "xla"
+        decode_attention = decode_attention_lib.default_impl()
     shapes = TINY_SHAPES if preset == "tiny" else RELEASE_SHAPES
     cfg = alpamayo.alpamayo_config(
         preset,

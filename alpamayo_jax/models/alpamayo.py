@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from alpamayo_jax.action_space import SPEC_STATS, ControlStats
 from alpamayo_jax.data.batch import Batch
-from alpamayo_jax.models import flow_matching, layers, vision_tokens
+from alpamayo_jax.models import decode_attention, flow_matching, layers, vision_tokens
 from alpamayo_jax.models.action_expert import ActionExpert, ExpertConfig, expert_config
 from alpamayo_jax.models.flex import FlexConfig, FlexTokenizer, flex_config
 from alpamayo_jax.models.qwen3vl import Qwen3VL, Qwen3VLConfig, qwen3vl_config
@@ -207,8 +207,7 @@ def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     fused Pallas decode attention in the text decoder (the expert's 64 query rows stay on XLA). The
     ViT stays scanned: it is compute-bound (unstacking it measured no faster, and compiles slower)."""
     flat = dict(scan_layers=False, fused_projections=True)
-    decode = "pallas" if jax.default_backend() == "gpu" else "xla"
-    text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=decode)
+    text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=decode_attention.default_impl())
     return dataclasses.replace(
         cfg, vlm=dataclasses.replace(cfg.vlm, text=text), expert=dataclasses.replace(cfg.expert, **flat)
     )

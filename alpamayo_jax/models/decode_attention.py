@@ -98,6 +98,11 @@ def _check(q_bkgd: jax.Array, k_bksd: jax.Array, v_bksd: jax.Array, mask_bs: jax
         raise ValueError(f"k_bksd cache length S = {length} must be a multiple of block_s = {block_s}")
 
 
+def default_impl() -> str:
+    """The decode attention a layout gets by default: the Pallas kernel on a GPU, XLA elsewhere."""
+    return "pallas" if jax.default_backend() == "gpu" else "xla"
+
+
 def cache_attention(
     q_bkgd: jax.Array,
     k_bksd: jax.Array,
