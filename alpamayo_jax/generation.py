@@ -49,10 +49,9 @@ def choose_token(
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-def last_valid_logits(logits_blv: jax.Array, valid_bl: jax.Array) -> jax.Array:
-    """Logits at each (right-padded) sample's last valid prompt token."""
-    last = jnp.maximum(valid_bl.sum(axis=1) - 1, 0)
-    return jnp.take_along_axis(logits_blv, last[:, None, None], axis=1)[:, 0]
+def last_valid_index(valid_bl: jax.Array) -> jax.Array:
+    """Position `[B]` of each (right-padded) sample's last valid prompt token."""
+    return jnp.maximum(valid_bl.sum(axis=1) - 1, 0)
 
 
 CACHE_ALIGN = 256
@@ -85,8 +84,9 @@ def prefill(
         prompt.image_slots_bl,
         cache,
         features_bfd,
+        logits_at_b=last_valid_index(prompt.valid_bl),
     )
-    return last_valid_logits(logits, prompt.valid_bl), cache
+    return logits, cache
 
 
 def decode(

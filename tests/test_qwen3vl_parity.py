@@ -128,6 +128,24 @@ def test_decode_step_matches_full_forward(models):
     np.testing.assert_allclose(np.asarray(step_logits)[0], full[0, -1], atol=TOL)
 
 
+def test_prefill_logits_are_the_full_forward_at_each_last_valid_token(models):
+    """The prefill runs the LM head on one row per sample; right padding of unequal prompts included."""
+    cfg, _, params = models
+    rng = np.random.default_rng(7)
+    arrays = image_prompt(
+        cfg, [[(1, 2, 4)], [(1, 2, 2)]], [rng.integers(0, 400, 9), rng.integers(0, 400, 3)], rng, pad_left=False
+    )
+    prompt = qwen3vl_inputs.prompt_inputs(cfg, **arrays)
+    logits_bv, _ = generation.prefill(
+        qwen3vl.Qwen3VL(cfg), params, prompt, cache_size=prompt.tokens_bl.shape[1] + 2
+    )
+    full, valid = run_ours(cfg, params, arrays)
+    last = valid.sum(axis=1) - 1
+    assert last[0] != last[1]
+    assert logits_bv.shape == (2, full.shape[-1])
+    np.testing.assert_allclose(np.asarray(logits_bv), full[np.arange(2), last], atol=TOL)
+
+
 def test_bad_inputs_raise_clear_errors():
     cfg = tiny_config()
     rng = np.random.default_rng(6)

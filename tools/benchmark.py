@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--remat", default="attention", help="train: remat policy (none, full, attention, dots, ...)"
     )
+    parser.add_argument(
+        "--seq-len", type=int, default=None, help="train: sequence bucket (default: the experiment's data.seq_len)"
+    )
     parser.add_argument("--mesh", default="1,-1,1", help="train: mesh shape data,fsdp,tensor (-1: the rest)")
     parser.add_argument("--rules", default="fsdp", help="train: logical-axis rules table (dp, fsdp, fsdp_tp)")
     parser.add_argument("--json", action="store_true", help="print JSON only")
@@ -86,6 +89,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
             reps=args.reps,
             stage=args.stage,
             remat=args.remat,
+            seq_len=args.seq_len,
             mesh=mesh,
             rules=args.rules,
         )

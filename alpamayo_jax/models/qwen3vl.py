@@ -142,16 +142,22 @@ class Qwen3VL(nn.Module):
         image_slots_bl: jax.Array | None = None,
         cache: vlm_lib.KVCache | None = None,
         features_bfd: jax.Array | None = None,
+        logits_at_b: jax.Array | None = None,
     ) -> tuple[jax.Array, Any]:
         """Logits `[B, L, V]` (float32) and the per-layer kv (no cache) or the updated cache.
 
         `features_bfd`: image-slot features of another tokenizer (the ViT and DeepStack are skipped).
+        `logits_at_b`: logits only at position `logits_at_b[b]` of each row, `[B, V]` (a prefill needs
+        one row: the LM head over every prompt position would be a 2,993 x 2,048 x 151,936 GEMM).
         """
         if features_bfd is None:
             embeds, deepstack = self.embed(tokens_bl, images, image_slots_bl)
         else:
             embeds, deepstack = self.embed_features(tokens_bl, features_bfd, image_slots_bl), None
         hidden, kv = self.text(embeds, positions_3bl, valid_bl, cache, deepstack)
+        if logits_at_b is not None:
+            hidden = jnp.take_along_axis(hidden, logits_at_b[:, None, None], axis=1)
+            return self.text.logits(hidden)[:, 0], kv
         return self.text.logits(hidden), kv
 
     def decode_step(
