@@ -132,9 +132,8 @@ def test_prefill_logits_are_the_full_forward_at_each_last_valid_token(models):
     """The prefill runs the LM head on one row per sample; right padding of unequal prompts included."""
     cfg, _, params = models
     rng = np.random.default_rng(7)
-    arrays = image_prompt(
-        cfg, [[(1, 2, 4)], [(1, 2, 2)]], [rng.integers(0, 400, 9), rng.integers(0, 400, 3)], rng, pad_left=False
-    )
+    texts = [rng.integers(0, 400, 9), rng.integers(0, 400, 3)]
+    arrays = image_prompt(cfg, [[(1, 2, 4)], [(1, 2, 2)]], texts, rng, pad_left=False)
     prompt = qwen3vl_inputs.prompt_inputs(cfg, **arrays)
     logits_bv, _ = generation.prefill(
         qwen3vl.Qwen3VL(cfg), params, prompt, cache_size=prompt.tokens_bl.shape[1] + 2

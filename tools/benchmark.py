@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "--remat", default="attention", help="train: remat policy (none, full, attention, dots, ...)"
     )
     parser.add_argument(
-        "--seq-len", type=int, default=None, help="train: sequence bucket (default: the experiment's data.seq_len)"
+        "--seq-len", type=int, default=None, help="train: sequence bucket (default: data.seq_len)"
     )
     parser.add_argument("--mesh", default="1,-1,1", help="train: mesh shape data,fsdp,tensor (-1: the rest)")
     parser.add_argument("--rules", default="fsdp", help="train: logical-axis rules table (dp, fsdp, fsdp_tp)")
