@@ -115,6 +115,9 @@ class Dense(nn.Module):
     """`x @ kernel (+ bias)` over the last axis of x into `features` (a tuple gives several out axes).
 
     `axes` names the kernel's axes: (input axis, *output axes); the bias takes the output names.
+    `split_first_output`: return a tuple over the first output axis, each part its own matmul with a
+    slice of the kernel (a fused q/k/v kernel read as three: no slices of the activation, whose
+    gradient would be a concatenation copy; the input gradient is a sum of three GEMMs instead).
     """
 
     features: int | tuple[int, ...]
@@ -123,6 +126,7 @@ class Dense(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
+    split_first_output: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -134,7 +138,7 @@ class Dense(nn.Module):
         kernel = self.param(
             "kernel", nn.with_logical_partitioning(init, self.axes), kernel_shape, self.param_dtype
         )
-        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=((x.ndim - 1,), (0,)))
+        bias = None
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -142,8 +146,15 @@ class Dense(nn.Module):
                 features,
                 self.param_dtype,
             )
-            y = y + bias.astype(self.dtype)
-        return y
+        x = x.astype(self.dtype)
+
+        def project(kernel_e_, bias_):
+            y = jnp.tensordot(x, kernel_e_.astype(self.dtype), axes=((x.ndim - 1,), (0,)))
+            return y if bias_ is None else y + bias_.astype(self.dtype)
+
+        if self.split_first_output:
+            return tuple(project(kernel[:, j], None if bias is None else bias[j]) for j in range(features[0]))
+        return project(kernel, bias)
 
 
 def _fan_in_init(base_init, fan_in: int, fan_out: int):

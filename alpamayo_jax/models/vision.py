@@ -154,10 +154,13 @@ class VisionBlock(nn.Module):
         dense = dict(dtype=dtype, param_dtype=pdtype, use_bias=True)
         x, i, taps = carry
         h = layers.LayerNorm(1e-6, dtype, pdtype, name="norm1")(x)
-        qkv = layers.Dense(
-            (3, cfg.num_heads, cfg.head_dim), ("embed", "qkv", "q_heads", "head_dim"), name="qkv", **dense
+        q, k, v = layers.Dense(
+            (3, cfg.num_heads, cfg.head_dim),
+            ("embed", "qkv", "q_heads", "head_dim"),
+            name="qkv",
+            split_first_output=True,
+            **dense,
         )(h)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = layers.apply_rotary(q, cos, sin)
         k = layers.apply_rotary(k, cos, sin)
         attn = layers.attention(q, k, v, None, implementation=cfg.attention_impl, kv_lengths_b=lengths_i)
