@@ -201,3 +201,86 @@ def test_decode_attention_benchmark_runs_at_tiny_shapes():
     ]
     for setting in result["pallas"]:
         assert setting["us_per_layer"] > 0 and setting["max_abs_diff_vs_xla"] < 2e-2
+
+
+def test_rotate_half_matrix_is_rotate_half():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 16)), jnp.bfloat16)
+    r = decode_attention.rotate_half_matrix(16)
+    got = jnp.dot(x, r, preferred_element_type=jnp.float32)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(layers.rotate_half(x.astype(jnp.float32))))
+
+
+def unfused_decode_layer(qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, mask, index, eps):
+    """What the unfused inference layer does: scale rows, q/k RMSNorm, rotary, two-part attention over
+    the cache + the new token, then the cache write at `index`."""
+    b, k, rows, d = qkv.shape
+    g = rows - 2
+    t = layers.scale_rows(qkv[:, None], inv_rms[:, None, None])[:, 0]  # [B, K, G + 2, D]
+
+    def norm(x, scale):
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+        return (x32 * scale).astype(x.dtype)
+
+    q = norm(t[:, :, :g], q_scale).reshape(b, 1, k * g, d)
+    k_new = norm(t[:, :, g], k_scale)[:, None]  # [B, 1, K, D]
+    q = layers.apply_rotary(q, cos[:, None], sin[:, None])
+    k_new = layers.apply_rotary(k_new, cos[:, None], sin[:, None])[:, 0]  # [B, K, D]
+    v_new = t[:, :, g + 1]
+    out = layers.two_part_attention(q, cache_k, cache_v, mask, k_new[:, :, None], v_new[:, :, None])
+    return out, cache_k.at[:, :, index].set(k_new), cache_v.at[:, :, index].set(v_new)
+
+
+@pytest.mark.parametrize(
+    "dtype, groups, batch, chunk", [("float32", 2, 3, 128), ("bfloat16", 1, 1, None), ("bfloat16", 4, 3, 64)]
+)
+def test_fused_decode_layer_attention_equals_the_unfused_layer(dtype, groups, batch, chunk):
+    length, index, eps = 256, 203, 1e-6
+    rng = np.random.default_rng(groups)
+
+    def normal(*shape, s=2.0):
+        return jnp.asarray(s * rng.standard_normal(shape), dtype)
+
+    qkv = normal(batch, K, groups + 2, D)
+    inv_rms = jnp.asarray(rng.uniform(0.5, 2.0, batch), jnp.float32)
+    q_scale = jnp.asarray(rng.uniform(0.5, 1.5, D), jnp.float32)
+    k_scale = jnp.asarray(rng.uniform(0.5, 1.5, D), jnp.float32)
+    positions = jnp.asarray(rng.integers(0, 500, (3, batch, 1)))
+    cos, sin = (c[:, 0] for c in layers.mrope_cos_sin(positions, D, 5e6, (4, 2, 2)))
+    cache_k, cache_v = normal(batch, K, length, D), normal(batch, K, length, D)
+    mask = jnp.asarray(cache_mask(batch, length, rng)).at[:, index].set(False)  # the new slot: unmasked later
+    args = (qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, mask, jnp.int32(index))
+    out, new_k, new_v = jax.jit(
+        functools.partial(decode_attention.fused_decode_attention, eps=eps, chunk=chunk, block_s=32)
+    )(*args)
+    ref, ref_k, ref_v = unfused_decode_layer(*args, eps)
+    tol = dict(atol=1e-5) if dtype == "float32" else dict(atol=2e-2, rtol=1e-2)
+    assert out.shape == (batch, 1, K * groups, D) and out.dtype == qkv.dtype
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), **tol)
+    # The new key/value land in slot `index` (as the unfused layer rounds them); no other slot moves.
+    cache_tol = dict(atol=1e-6) if dtype == "float32" else dict(atol=1e-2, rtol=8e-3)
+    for got, want, old in ((new_k, ref_k, cache_k), (new_v, ref_v, cache_v)):
+        np.testing.assert_allclose(
+            np.asarray(got[:, :, index], np.float32), np.asarray(want[:, :, index], np.float32), **cache_tol
+        )
+        keep = np.arange(length) != index
+        np.testing.assert_array_equal(np.asarray(got)[:, :, keep], np.asarray(old)[:, :, keep])
+
+
+def test_per_layer_pallas_decode_runs_the_fused_kernel():
+    """The per-layer fused layout's decode step is one `decode_layer_attention` kernel per layer."""
+    cfg = qwen3vl.qwen3vl_config("tiny", scan_layers=False, fused_projections=True, decode_attention="pallas")
+    assert cfg.text.fused_decode
+    model = qwen3vl.Qwen3VL(cfg)
+    tokens = jnp.ones((1, 4), jnp.int32)
+    prompt = qwen3vl_inputs.prompt_inputs(cfg, np.ones((1, 4), np.int64), np.ones((1, 4), np.int64))
+    params = nn.unbox(model.init(jax.random.key(0), tokens, prompt.positions_3bl, prompt.valid_bl))["params"]
+    _, cache = generation.prefill(model, params, prompt, 8)
+    jaxpr = jax.make_jaxpr(
+        lambda p, c: model.apply(
+            {"params": p}, tokens[:, :1], prompt.next_position_b, c, method=model.decode_step
+        )
+    )(params, cache)
+    names = [str(e.params.get("name", "")) for e in jaxpr.eqns if e.primitive.name == "pallas_call"]
+    assert len(names) == cfg.text.num_layers
+    assert all("decode_layer_attention" in n for n in names)

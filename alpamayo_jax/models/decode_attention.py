@@ -215,3 +215,197 @@ def decode_two_part_attention(
     p2 = p2.astype(v2_bktd.dtype).astype(f32)  # rounded like the probabilities of the kernel's PV dot
     out += (p2[..., None] * v2_bktd.astype(f32)[:, :, None]).sum(axis=3)
     return (out / denom[..., None]).reshape(b, 1, h, d).astype(dtype)
+
+
+# ------------------------------------------------------------------ one decode layer's attention, fused
+
+
+def rotate_half_matrix(head_dim: int, dtype=jnp.bfloat16) -> jax.Array:
+    """`R [D, D]` with `x @ R == layers.rotate_half(x)` ([-x2, x1]); its entries are 0 and +-1, so a
+    bf16 dot with float32 accumulation is exact (Triton has no cheap way to swap a tile's halves)."""
+    half = head_dim // 2
+    r = jnp.zeros((head_dim, head_dim), jnp.float32)
+    r = r.at[jnp.arange(half) + half, jnp.arange(half)].set(-1.0)
+    r = r.at[jnp.arange(half), jnp.arange(half) + half].set(1.0)
+    return r.astype(dtype)
+
+
+def _fused_kernel(
+    qkv_ref,
+    inv_rms_ref,
+    q_scale_ref,
+    k_scale_ref,
+    cos_ref,
+    sin_ref,
+    rot_ref,
+    index_ref,
+    k_ref,
+    v_ref,
+    mask_ref,
+    acc_ref,
+    m_ref,
+    lsum_ref,
+    k_out_ref,
+    v_out_ref,
+    *,
+    groups: int,
+    eps: float,
+    scale: float,
+    block_s: int,
+):
+    """One (batch, kv head, split). The prologue turns this kv head's raw fused-qkv rows (G query rows,
+    then its key, then its value) into what the unfused layer computes: the folded input norm's 1/RMS,
+    the q/k RMSNorms, rotary, the query scale (rounded to the storage dtype at the same points). Split 0
+    writes the new key/value into the cache (aliased in place) and starts its online softmax with the
+    new token; every split then reads its chunk of the cache (the new slot is masked there)."""
+    dtype = qkv_ref.dtype
+    f32 = jnp.float32
+    row = jnp.arange(QUERY_ROWS)[:, None]
+    tile = plgpu.load(qkv_ref, mask=row < groups + 2, other=0).astype(f32)  # [16, D]
+    t = (tile * inv_rms_ref[...][:, None]).astype(dtype).astype(f32)  # the folded pre-norm
+    w = jnp.where(row < groups, q_scale_ref[...][None, :], k_scale_ref[...][None, :])
+    norm = jax.lax.rsqrt(jnp.mean(t * t, axis=1, keepdims=True) + eps)
+    tn = (t * norm * w).astype(dtype)
+    rotated = tn.astype(f32) * cos_ref[...][None, :] + plgpu.dot(tn, rot_ref[...]) * sin_ref[...][None, :]
+    rotated = rotated.astype(dtype).astype(f32)
+    k_new = jnp.sum(jnp.where(row == groups, rotated, 0.0), axis=0)  # [D]
+    v_new = jnp.sum(jnp.where(row == groups + 1, t, 0.0), axis=0)
+    q = (rotated * scale).astype(dtype)  # rows >= groups are ignored below
+    s_new = jnp.sum(q.astype(f32) * k_new[None, :], axis=1)  # [16]
+
+    first = pl.program_id(2) == 0
+    index = index_ref[0]
+
+    @pl.when(first)
+    def _write():
+        k_out_ref[pl.ds(index, 1), :] = k_new.astype(dtype)[None, :]
+        v_out_ref[pl.ds(index, 1), :] = v_new.astype(dtype)[None, :]
+
+    def body(i, carry):
+        acc, m, lsum = carry
+        slots = pl.ds(pl.multiple_of(i * block_s, block_s), block_s)
+        valid = (mask_ref[slots] != 0)[None, :]
+        s = plgpu.dot(q, k_ref[slots, :].T)
+        s = jnp.where(valid, s, MASKED_SCORE)
+        m_next = jnp.maximum(m, s.max(axis=1))
+        p = jnp.where(valid, jnp.exp(s - m_next[:, None]), 0.0)
+        alpha = jnp.exp(m - m_next)
+        v = v_ref[slots, :]
+        acc = alpha[:, None] * acc + plgpu.dot(p.astype(v.dtype), v)
+        return acc, m_next, alpha * lsum + p.sum(axis=1)
+
+    # Split 0 starts from the new token: score s_new, probability exp(0) = 1, value v_new.
+    init = (
+        jnp.where(first, 1.0, 0.0) * v_new.astype(dtype).astype(f32)[None, :] + jnp.zeros_like(tile),
+        jnp.where(first, s_new, MASKED_SCORE),
+        jnp.where(first, 1.0, 0.0) + jnp.zeros((QUERY_ROWS,), f32),
+    )
+    acc, m, lsum = jax.lax.fori_loop(0, k_ref.shape[0] // block_s, body, init)
+    rows = jnp.arange(QUERY_ROWS) < groups
+    plgpu.store(acc_ref, acc, mask=rows[:, None])
+    plgpu.store(m_ref, m, mask=rows)
+    plgpu.store(lsum_ref, lsum, mask=rows)
+
+
+def fused_decode_attention(
+    qkv_bkxd: jax.Array,
+    inv_rms_b: jax.Array,
+    q_scale_d: jax.Array,
+    k_scale_d: jax.Array,
+    cos_bd: jax.Array,
+    sin_bd: jax.Array,
+    cache_k_bksd: jax.Array,
+    cache_v_bksd: jax.Array,
+    mask_bs: jax.Array,
+    index: jax.Array,
+    *,
+    eps: float,
+    chunk: int | None = None,
+    block_s: int = 128,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    interpret: bool | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A decode step's attention from the raw output of the fused output-major qkv kernel.
+
+    qkv `[B, K, G + 2, D]` (per kv head: G query rows, key, value; before the folded input norm),
+    `inv_rms_b [B]` that norm's 1/RMS, q/k RMSNorm scales `[D]`, rotary cos/sin `[B, D]` of the new
+    position, per-layer cache k/v `[B, K, S, D]`, `mask_bs [B, S]` the cache slots to attend (slot
+    `index` must be masked: the new token is attended from the kernel's registers) and `index` the
+    slot that receives the new key/value. Equals the unfused path (scale rows, q/k norm, rotary, attend
+    to cache + new token, write k/v at `index`) in one kernel plus a float32 combine of its splits.
+    Returns (`[B, 1, K * G, D]`, cache k, cache v): the caches are updated in place (aliased).
+    """
+    b, k, rows, d = qkv_bkxd.shape
+    g = rows - 2
+    _check(jax.ShapeDtypeStruct((b, k, g, d), qkv_bkxd.dtype), cache_k_bksd, cache_v_bksd, mask_bs, block_s)
+    if inv_rms_b.shape != (b,) or cos_bd.shape != (b, d) or sin_bd.shape != (b, d):
+        raise ValueError(
+            f"inv_rms_b {inv_rms_b.shape}, cos_bd {cos_bd.shape}, sin_bd {sin_bd.shape} must be [{b}], "
+            f"[{b}, {d}], [{b}, {d}]"
+        )
+    if q_scale_d.shape != (d,) or k_scale_d.shape != (d,):
+        raise ValueError(f"q_scale_d {q_scale_d.shape} and k_scale_d {k_scale_d.shape} must be [{d}]")
+    if rows > QUERY_ROWS:
+        raise ValueError(f"qkv_bkxd has {rows} rows per kv head (G + 2); the kernel takes {QUERY_ROWS}")
+    length = cache_k_bksd.shape[2]
+    chunk = default_chunk(b, k, length, block_s) if chunk is None else chunk
+    if chunk % block_s or length % chunk:
+        raise ValueError(
+            f"chunk = {chunk} must be a multiple of block_s = {block_s} and divide the cache length {length}"
+        )
+    splits = length // chunk
+    interpret = jax.default_backend() != "gpu" if interpret is None else interpret
+    kernel = functools.partial(_fused_kernel, groups=g, eps=eps, scale=d**-0.5, block_s=block_s)
+    f32 = jnp.float32
+    per_bk = lambda i, j, n: (i, j, 0, 0)  # noqa: E731
+    acc, m, lsum, cache_k, cache_v = pl.pallas_call(
+        kernel,
+        grid=(b, k, splits),
+        in_specs=[
+            pl.BlockSpec((None, None, QUERY_ROWS, d), per_bk),
+            pl.BlockSpec((None, QUERY_ROWS), lambda i, j, n: (i, 0)),
+            pl.BlockSpec((d,), lambda i, j, n: (0,)),
+            pl.BlockSpec((d,), lambda i, j, n: (0,)),
+            pl.BlockSpec((None, d), lambda i, j, n: (i, 0)),
+            pl.BlockSpec((None, d), lambda i, j, n: (i, 0)),
+            pl.BlockSpec((d, d), lambda i, j, n: (0, 0)),
+            pl.BlockSpec((1,), lambda i, j, n: (0,)),
+            pl.BlockSpec((None, None, chunk, d), lambda i, j, n: (i, j, n, 0)),
+            pl.BlockSpec((None, None, chunk, d), lambda i, j, n: (i, j, n, 0)),
+            pl.BlockSpec((None, chunk), lambda i, j, n: (i, n)),
+        ],
+        out_specs=[
+            pl.BlockSpec((None, None, None, QUERY_ROWS, d), lambda i, j, n: (i, j, n, 0, 0)),
+            pl.BlockSpec((None, None, None, QUERY_ROWS), lambda i, j, n: (i, j, n, 0)),
+            pl.BlockSpec((None, None, None, QUERY_ROWS), lambda i, j, n: (i, j, n, 0)),
+            pl.BlockSpec((None, None, length, d), per_bk),
+            pl.BlockSpec((None, None, length, d), per_bk),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((b, k, splits, g, d), f32),
+            jax.ShapeDtypeStruct((b, k, splits, g), f32),
+            jax.ShapeDtypeStruct((b, k, splits, g), f32),
+            jax.ShapeDtypeStruct(cache_k_bksd.shape, cache_k_bksd.dtype),
+            jax.ShapeDtypeStruct(cache_v_bksd.shape, cache_v_bksd.dtype),
+        ],
+        input_output_aliases={8: 3, 9: 4},
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        interpret=interpret,
+        name="decode_layer_attention",
+    )(
+        qkv_bkxd,
+        jnp.broadcast_to(inv_rms_b.astype(f32)[:, None], (b, QUERY_ROWS)),
+        q_scale_d.astype(f32),
+        k_scale_d.astype(f32),
+        cos_bd.astype(f32),
+        sin_bd.astype(f32),
+        rotate_half_matrix(d, qkv_bkxd.dtype),
+        jnp.reshape(index, (1,)).astype(jnp.int32),
+        cache_k_bksd,
+        cache_v_bksd,
+        mask_bs.astype(jnp.int8),
+    )
+    alpha = jnp.exp(m - m.max(axis=2, keepdims=True))  # [B, K, N, G]
+    out = (alpha[..., None] * acc).sum(axis=2) / (alpha * lsum).sum(axis=2)[..., None]
+    return out.reshape(b, 1, k * g, d).astype(qkv_bkxd.dtype), cache_k, cache_v

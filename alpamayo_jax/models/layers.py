@@ -28,6 +28,12 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return nn.with_logical_constraint(x, tuple(names))
 
 
+def _norm_scale(module: nn.Module, size: int, param_dtype: Dtype, axis_name: str) -> jax.Array:
+    return module.param(
+        "scale", nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)), (size,), param_dtype
+    )
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned scale, computed in float32."""
 
@@ -38,15 +44,22 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param(
-            "scale",
-            nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
-            (x.shape[-1],),
-            self.param_dtype,
-        )
+        scale = _norm_scale(self, x.shape[-1], self.param_dtype, self.axis_name)
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (x32 * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class RMSNormScale(nn.Module):
+    """The scale `[size]` of an RMSNorm (same parameter path and axis), for a kernel that applies the
+    norm itself (`decode_attention.fused_decode_attention`)."""
+
+    param_dtype: Dtype = jnp.float32
+    axis_name: str = "norm"
+
+    @nn.compact
+    def __call__(self, size: int) -> jax.Array:
+        return _norm_scale(self, size, self.param_dtype, self.axis_name)
 
 
 def pre_norm(
@@ -341,11 +354,17 @@ def qkv_projection(
         v = Dense((num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), name="v", **dense)(x_bld)
         return q, k, v
     group = num_heads // num_kv_heads
-    qkv = DenseOutMajor(
-        (num_kv_heads, group + 2, head_dim), ("kv_heads", "qkv", "head_dim", "embed"), name="qkv", **dense
-    )(x_bld)
+    qkv = fused_qkv(x_bld, num_heads, num_kv_heads, head_dim, **dense)
     q = qkv[..., :group, :].reshape(*x_bld.shape[:-1], num_heads, head_dim)
     return q, qkv[..., group, :], qkv[..., group + 1, :]
+
+
+def fused_qkv(x_bld: jax.Array, num_heads: int, num_kv_heads: int, head_dim: int, **dense: Any) -> jax.Array:
+    """The fused layout's raw projection `[B, L, K, H/K + 2, D]` (kernel `qkv`, see `qkv_projection`)."""
+    group = num_heads // num_kv_heads
+    return DenseOutMajor(
+        (num_kv_heads, group + 2, head_dim), ("kv_heads", "qkv", "head_dim", "embed"), name="qkv", **dense
+    )(x_bld)
 
 
 def out_projection(out_blhd: jax.Array, width: int, fused: bool, **dense: Any) -> jax.Array:

@@ -49,6 +49,12 @@ class TextConfig:
     fused_projections: bool = False
     decode_attention: str = "xla"  # one of DECODE_ATTENTION
 
+    @property
+    def fused_decode(self) -> bool:
+        """Decode steps run `decode_attention.fused_decode_attention` (q/k norm, rotary, the cache write
+        and the attention in one kernel): the Pallas kernel on the per-layer fused inference layout."""
+        return self.decode_attention == "pallas" and self.fused_projections and not self.scan_layers
+
     def __post_init__(self):
         if self.decode_attention not in DECODE_ATTENTION:
             raise ValueError(
@@ -153,9 +159,14 @@ class KVCache:
                 return tuple(put(b, new[i]) for i, b in enumerate(buf))
             return jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), self.index, axis=-2)
 
+        return self.advance(put(self.k, k_nbkld), put(self.v, v_nbkld), valid_bl)
+
+    def advance(self, k: Any, v: Any, valid_bl: jax.Array) -> KVCache:
+        """The cache with buffers k, v that already hold the new slots (written in place by the fused
+        decode kernel), their validity `[B, L]` recorded at `index`, and `index` moved past them."""
         return KVCache(
-            k=put(self.k, k_nbkld),
-            v=put(self.v, v_nbkld),
+            k=k,
+            v=v,
             valid_bs=jax.lax.dynamic_update_slice_in_dim(self.valid_bs, valid_bl, self.index, axis=1),
             index=self.index + valid_bl.shape[1],
         )
@@ -180,7 +191,8 @@ class Attention(nn.Module):
     Without a cache (training, prefill) the tokens attend causally to each other (right-padded rows:
     the cuDNN fast path). A one-token decode attends to the cache slots allowed by `cache_mask_bs`
     plus itself (through `cfg.decode_attention`); the cache is only read here (the caller writes the
-    returned k/v into it).
+    returned k/v into it), except with `cfg.fused_decode`, where one kernel also writes the new key and
+    value at slot `cache_index` and the updated cache buffers are returned in place of the k/v.
     """
 
     cfg: TextConfig
@@ -196,10 +208,27 @@ class Attention(nn.Module):
         cache_v=None,
         cache_mask_bs=None,
         inv_rms_bl1=None,
+        cache_index=None,
     ):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dense = dict(dtype=dtype, param_dtype=pdtype)
+        if cache_k is not None and x_bld.shape[1] == 1 and cfg.fused_decode:
+            qkv = layers.fused_qkv(x_bld, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, **dense)
+            out, cache_k, cache_v = decode_attention.fused_decode_attention(
+                qkv[:, 0],
+                inv_rms_bl1[:, 0, 0],
+                layers.RMSNormScale(pdtype, name="q_norm")(cfg.head_dim),
+                layers.RMSNormScale(pdtype, name="k_norm")(cfg.head_dim),
+                cos_bld[:, 0],
+                sin_bld[:, 0],
+                cache_k,
+                cache_v,
+                cache_mask_bs,
+                cache_index,
+                eps=cfg.rms_eps,
+            )
+            return layers.out_projection(out, cfg.width, True, **dense), (cache_k, cache_v)
         q, k, v = layers.qkv_projection(
             x_bld, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.fused_projections, **dense
         )
@@ -251,13 +280,16 @@ class DecoderLayer(nn.Module):
 
     carry = (hidden `[B, L, D]`, layer index). Per-layer inputs: the cache k/v `[B, K, S, D]` (decode)
     or None. Broadcast: cos/sin, valid tokens `[B, L]`, cache slot mask `[B, S]`, DeepStack additions
-    `[n, B, L, D]` (added after the first n layers at image positions).
+    `[n, B, L, D]` (added after the first n layers at image positions), the cache slot of a decoded
+    token. The output is this layer's k/v, or its updated cache buffers (`cfg.fused_decode`).
     """
 
     cfg: TextConfig
 
     @nn.compact
-    def __call__(self, carry, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs, deepstack_nbld):
+    def __call__(
+        self, carry, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs, deepstack_nbld, cache_index
+    ):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         h, i = carry
@@ -265,7 +297,7 @@ class DecoderLayer(nn.Module):
         folded = cfg.fused_projections
         x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "input_norm")
         attn, kv = Attention(cfg, name="attn")(
-            x, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs, inv_rms
+            x, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs, inv_rms, cache_index
         )
         h = h + attn
         x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
@@ -314,7 +346,8 @@ def scanned_layers(
 
 
 class LayerLoop(nn.Module):
-    """Unstacked layers called in a Python loop; same call and output convention as the nn.scan stack."""
+    """Unstacked layers called in a Python loop; the nn.scan stack's call convention, but each output
+    leaf is a tuple of the layers' values (per-layer buffers stay separate: no stacking copy)."""
 
     layer_cls: Any
     cfg: Any
@@ -331,7 +364,7 @@ class LayerLoop(nn.Module):
             ys.append(y)
         if all(y is None for y in ys):
             return carry, None
-        return carry, jax.tree_util.tree_map(lambda *y: jnp.stack(y), *ys)
+        return carry, jax.tree_util.tree_map(lambda *y: y, *ys)
 
 
 def _layer_slice(x: Any, i: int) -> Any:
@@ -369,7 +402,7 @@ class TextDecoder(nn.Module):
             cfg.num_layers,
             cfg.remat,
             "layers",
-            in_axes=(bcast, bcast, bcast, 0, 0, bcast, bcast),
+            in_axes=(bcast, bcast, bcast, 0, 0, bcast, bcast, bcast),
             unroll=cfg.scan_unroll,
             scan=cfg.scan_layers,
         )
@@ -417,9 +450,19 @@ class TextDecoder(nn.Module):
         if decoding:
             cache_mask = cache.valid_bs & (jnp.arange(cache.valid_bs.shape[1]) < cache.index)[None]
         (h, _), kv = self.layers(
-            (h, jnp.zeros((), jnp.int32)), cos, sin, valid_bl, cache_k, cache_v, cache_mask, deepstack_nbld
+            (h, jnp.zeros((), jnp.int32)),
+            cos,
+            sin,
+            valid_bl,
+            cache_k,
+            cache_v,
+            cache_mask,
+            deepstack_nbld,
+            cache.index if decoding else None,
         )
         h = self.norm(h)
         if cache is None:
-            return h, kv
+            return h, tuple(jnp.stack(x) if isinstance(x, tuple) else x for x in kv)
+        if decoding and cfg.fused_decode:
+            return h, cache.advance(kv[0], kv[1], valid_bl)
         return h, cache.write(kv[0], kv[1], valid_bl)
