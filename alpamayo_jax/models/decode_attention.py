@@ -273,10 +273,11 @@ def _fused_kernel(
     q = (rotated * scale).astype(dtype)  # rows >= groups are ignored below
     s_new = jnp.sum(q.astype(f32) * k_new[None, :], axis=1)  # [16]
 
-    first = pl.program_id(2) == 0
+    split = pl.program_id(2)
+    first = (1 - jnp.minimum(split, 1)).astype(f32)  # 1.0 on split 0 (arithmetic: no scalar select)
     index = index_ref[0]
 
-    @pl.when(first)
+    @pl.when(split == 0)
     def _write():
         k_out_ref[pl.ds(index, 1), :] = k_new.astype(dtype)[None, :]
         v_out_ref[pl.ds(index, 1), :] = v_new.astype(dtype)[None, :]
@@ -296,9 +297,9 @@ def _fused_kernel(
 
     # Split 0 starts from the new token: score s_new, probability exp(0) = 1, value v_new.
     init = (
-        jnp.where(first, 1.0, 0.0) * v_new.astype(dtype).astype(f32)[None, :] + jnp.zeros_like(tile),
-        jnp.where(first, s_new, MASKED_SCORE),
-        jnp.where(first, 1.0, 0.0) + jnp.zeros((QUERY_ROWS,), f32),
+        first * v_new[None, :] + jnp.zeros_like(tile),
+        first * s_new + (1.0 - first) * MASKED_SCORE,
+        first + jnp.zeros((QUERY_ROWS,), f32),
     )
     acc, m, lsum = jax.lax.fori_loop(0, k_ref.shape[0] // block_s, body, init)
     rows = jnp.arange(QUERY_ROWS) < groups
