@@ -130,7 +130,9 @@ def test_bad_shapes_raise_errors_naming_the_argument():
 def test_config_switch_validates_round_trips_and_follows_the_backend(monkeypatch):
     with pytest.raises(ValueError, match="decode_attention 'triton'"):
         vlm.text_config("tiny", decode_attention="triton")
-    cfg = qwen3vl.qwen3vl_config("tiny", decode_attention="pallas")
+    with pytest.raises(ValueError, match="per-layer layout"):
+        vlm.text_config("tiny", decode_attention="pallas")  # scanned layers
+    cfg = qwen3vl.qwen3vl_config("tiny", decode_attention="pallas", scan_layers=False)
     assert cfg.text.decode_attention == "pallas"
     assert qwen3vl.Qwen3VLConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     full = alpamayo.alpamayo_config("tiny")
@@ -162,10 +164,10 @@ def greedy_decode(cfg, params, prompt, steps):
     return np.stack(tokens, axis=1), np.stack(all_logits, axis=1)
 
 
-@pytest.mark.parametrize("layout", ["scanned", "per_layer"])
-def test_tiny_qwen3vl_greedy_decoding_matches_xla(layout):
-    flat = dict(scan_layers=False, fused_projections=True) if layout == "per_layer" else {}
-    cfg = qwen3vl.qwen3vl_config("tiny", **flat)
+@pytest.mark.parametrize("fused", [False, True])
+def test_tiny_qwen3vl_greedy_decoding_matches_xla(fused):
+    """Per-layer layouts: unfused (the cache kernel + combine) and fused (the whole-layer kernel)."""
+    cfg = qwen3vl.qwen3vl_config("tiny", scan_layers=False, fused_projections=fused)
     rng = np.random.default_rng(3)
     ids = rng.integers(0, 400, (2, 9))
     valid = np.arange(9)[None] < np.array([[9], [5]])  # a right-padded row: a gap before its decode slots

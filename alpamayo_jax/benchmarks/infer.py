@@ -149,7 +149,7 @@ def run(
     if attention_impl is None:
         attention_impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
     if decode_attention is None:
-        decode_attention = decode_attention_lib.default_impl()
+        decode_attention = decode_attention_lib.default_impl(scan_layers)
     shapes = TINY_SHAPES if preset == "tiny" else RELEASE_SHAPES
     cfg = alpamayo.alpamayo_config(
         preset,

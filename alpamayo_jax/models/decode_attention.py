@@ -98,9 +98,10 @@ def _check(q_bkgd: jax.Array, k_bksd: jax.Array, v_bksd: jax.Array, mask_bs: jax
         raise ValueError(f"k_bksd cache length S = {length} must be a multiple of block_s = {block_s}")
 
 
-def default_impl() -> str:
-    """The decode attention a layout gets by default: the Pallas kernel on a GPU, XLA elsewhere."""
-    return "pallas" if jax.default_backend() == "gpu" else "xla"
+def default_impl(scan_layers: bool = False) -> str:
+    """The decode attention a layout gets by default: the Pallas kernels on a GPU for the per-layer
+    layout (`TextConfig` rejects them for scanned layers), XLA elsewhere."""
+    return "pallas" if jax.default_backend() == "gpu" and not scan_layers else "xla"
 
 
 def cache_attention(

@@ -60,6 +60,13 @@ class TextConfig:
             raise ValueError(
                 f"TextConfig.decode_attention {self.decode_attention!r}; known: {', '.join(DECODE_ATTENTION)}"
             )
+        if self.decode_attention == "pallas" and self.scan_layers:
+            # flax's nn.scan traces its body for loop-invariant outputs and fails on a Pallas GPU kernel
+            # (not dead-code-eliminable there): measured on jax 0.11.2 / flax 0.12.10.
+            raise ValueError(
+                "TextConfig.decode_attention 'pallas' needs the per-layer layout (scan_layers=False); "
+                "the scanned layout decodes with 'xla'"
+            )
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
