@@ -221,24 +221,19 @@ def decode_two_part_attention(
 # ------------------------------------------------------------------ one decode layer's attention, fused
 
 
-def rotate_half_matrix(head_dim: int, dtype=jnp.bfloat16) -> jax.Array:
-    """`R [D, D]` with `x @ R == layers.rotate_half(x)` ([-x2, x1]); its entries are 0 and +-1, so a
-    bf16 dot with float32 accumulation is exact (Triton has no cheap way to swap a tile's halves)."""
-    half = head_dim // 2
-    r = jnp.zeros((head_dim, head_dim), jnp.float32)
-    r = r.at[jnp.arange(half) + half, jnp.arange(half)].set(-1.0)
-    r = r.at[jnp.arange(half), jnp.arange(half) + half].set(1.0)
-    return r.astype(dtype)
-
-
 def _fused_kernel(
-    qkv_ref,
+    qkv1_ref,
+    qkv2_ref,
+    v_row_ref,
     inv_rms_ref,
-    q_scale_ref,
-    k_scale_ref,
-    cos_ref,
-    sin_ref,
-    rot_ref,
+    q_scale1_ref,
+    q_scale2_ref,
+    k_scale1_ref,
+    k_scale2_ref,
+    cos1_ref,
+    cos2_ref,
+    sin1_ref,
+    sin2_ref,
     index_ref,
     k_ref,
     v_ref,
@@ -254,25 +249,39 @@ def _fused_kernel(
     scale: float,
     block_s: int,
 ):
-    """One (batch, kv head, split). The prologue turns this kv head's raw fused-qkv rows (G query rows,
-    then its key, then its value) into what the unfused layer computes: the folded input norm's 1/RMS,
-    the q/k RMSNorms, rotary, the query scale (rounded to the storage dtype at the same points). Split 0
-    writes the new key/value into the cache (aliased in place) and starts its online softmax with the
-    new token; every split then reads its chunk of the cache (the new slot is masked there)."""
-    dtype = qkv_ref.dtype
+    """One (batch, kv head, split); every head-dim vector arrives as its two halves (x1, x2), which is
+    how rotary pairs them (rotate_half(x) = [-x2, x1]) and how the score dot is split (q.k = q1.k1 +
+    q2.k2). The prologue turns this kv head's raw fused-qkv rows (G query rows, then its key, then its
+    value) into what the unfused layer computes: the folded input norm's 1/RMS, the q/k RMSNorms,
+    rotary, the query scale (rounded to the storage dtype at the same points). Split 0 writes the new
+    key/value into the cache (aliased in place) and starts its online softmax with the new token;
+    every split then reads its chunk of the cache (the new slot is masked there)."""
+    dtype = qkv1_ref.dtype
     f32 = jnp.float32
+    half = qkv1_ref.shape[-1]
     row = jnp.arange(QUERY_ROWS)[:, None]
-    tile = plgpu.load(qkv_ref, mask=row < groups + 2, other=0).astype(f32)  # [16, D]
-    t = (tile * inv_rms_ref[...][:, None]).astype(dtype).astype(f32)  # the folded pre-norm
-    w = jnp.where(row < groups, q_scale_ref[...][None, :], k_scale_ref[...][None, :])
-    norm = jax.lax.rsqrt(jnp.mean(t * t, axis=1, keepdims=True) + eps)
-    tn = (t * norm * w).astype(dtype)
-    rotated = tn.astype(f32) * cos_ref[...][None, :] + plgpu.dot(tn, rot_ref[...]) * sin_ref[...][None, :]
-    rotated = rotated.astype(dtype).astype(f32)
-    k_new = jnp.sum(jnp.where(row == groups, rotated, 0.0), axis=0)  # [D]
-    v_new = jnp.sum(jnp.where(row == groups + 1, t, 0.0), axis=0)
-    q = (rotated * scale).astype(dtype)  # rows >= groups are ignored below
-    s_new = jnp.sum(q.astype(f32) * k_new[None, :], axis=1)  # [16]
+    present = row < groups + 2
+    inv_rms = inv_rms_ref[...].astype(f32)  # [1]: broadcasts over the tile
+    t1 = (plgpu.load(qkv1_ref, mask=present, other=0).astype(f32) * inv_rms).astype(dtype).astype(f32)
+    t2 = (plgpu.load(qkv2_ref, mask=present, other=0).astype(f32) * inv_rms).astype(dtype).astype(f32)
+    is_q = row < groups
+    w1 = jnp.where(is_q, q_scale1_ref[...].astype(f32)[None, :], k_scale1_ref[...].astype(f32)[None, :])
+    w2 = jnp.where(is_q, q_scale2_ref[...].astype(f32)[None, :], k_scale2_ref[...].astype(f32)[None, :])
+    norm = jax.lax.rsqrt((jnp.sum(t1 * t1, axis=1) + jnp.sum(t2 * t2, axis=1)) / (2 * half) + eps)[:, None]
+    n1 = (t1 * norm * w1).astype(dtype).astype(f32)
+    n2 = (t2 * norm * w2).astype(dtype).astype(f32)
+    c1, c2 = cos1_ref[...].astype(f32)[None, :], cos2_ref[...].astype(f32)[None, :]
+    s1, s2 = sin1_ref[...].astype(f32)[None, :], sin2_ref[...].astype(f32)[None, :]
+    r1 = (n1 * c1 - n2 * s1).astype(dtype).astype(f32)
+    r2 = (n2 * c2 + n1 * s2).astype(dtype).astype(f32)
+    is_k = row == groups
+    k_new1 = jnp.sum(jnp.where(is_k, r1, 0.0), axis=0)  # [D / 2]
+    k_new2 = jnp.sum(jnp.where(is_k, r2, 0.0), axis=0)
+    v_new = (v_row_ref[...].astype(f32) * inv_rms).astype(dtype)  # [D]: the value row, whole
+    q1, q2 = (r1 * scale).astype(dtype), (r2 * scale).astype(dtype)  # rows >= groups are ignored below
+    s_new = jnp.sum(q1.astype(f32) * k_new1[None, :], axis=1) + jnp.sum(
+        q2.astype(f32) * k_new2[None, :], axis=1
+    )
 
     split = pl.program_id(2)
     first = (1 - jnp.minimum(split, 1)).astype(f32)  # 1.0 on split 0 (arithmetic: no scalar select)
@@ -280,14 +289,16 @@ def _fused_kernel(
 
     @pl.when(split == 0)
     def _write():
-        k_out_ref[pl.ds(index, 1), :] = k_new.astype(dtype)[None, :]
-        v_out_ref[pl.ds(index, 1), :] = v_new.astype(dtype)[None, :]
+        new = pl.ds(index, 1)
+        k_out_ref[new, pl.ds(0, half)] = k_new1.astype(dtype)[None, :]
+        k_out_ref[new, pl.ds(half, half)] = k_new2.astype(dtype)[None, :]
+        v_out_ref[new, :] = v_new[None, :]
 
     def body(i, carry):
         acc, m, lsum = carry
         slots = pl.ds(pl.multiple_of(i * block_s, block_s), block_s)
         valid = (mask_ref[slots] != 0)[None, :]
-        s = plgpu.dot(q, k_ref[slots, :].T)
+        s = plgpu.dot(q1, k_ref[slots, pl.ds(0, half)].T) + plgpu.dot(q2, k_ref[slots, pl.ds(half, half)].T)
         s = jnp.where(valid, s, MASKED_SCORE)
         m_next = jnp.maximum(m, s.max(axis=1))
         p = jnp.where(valid, jnp.exp(s - m_next[:, None]), 0.0)
@@ -298,7 +309,7 @@ def _fused_kernel(
 
     # Split 0 starts from the new token: score s_new, probability exp(0) = 1, value v_new.
     init = (
-        first * v_new[None, :] + jnp.zeros_like(tile),
+        first * v_new.astype(f32)[None, :] + jnp.zeros((QUERY_ROWS, v_ref.shape[-1]), f32),
         first * s_new + (1.0 - first) * MASKED_SCORE,
         first + jnp.zeros((QUERY_ROWS,), f32),
     )
@@ -311,7 +322,7 @@ def _fused_kernel(
 
 def fused_decode_attention(
     qkv_bkxd: jax.Array,
-    inv_rms_b: jax.Array,
+    inv_rms_b1: jax.Array,
     q_scale_d: jax.Array,
     k_scale_d: jax.Array,
     cos_bd: jax.Array,
@@ -331,20 +342,20 @@ def fused_decode_attention(
     """A decode step's attention from the raw output of the fused output-major qkv kernel.
 
     qkv `[B, K, G + 2, D]` (per kv head: G query rows, key, value; before the folded input norm),
-    `inv_rms_b [B]` that norm's 1/RMS, q/k RMSNorm scales `[D]`, rotary cos/sin `[B, D]` of the new
-    position, per-layer cache k/v `[B, K, S, D]`, `mask_bs [B, S]` the cache slots to attend (slot
-    `index` must be masked: the new token is attended from the kernel's registers) and `index` the
-    slot that receives the new key/value. Equals the unfused path (scale rows, q/k norm, rotary, attend
-    to cache + new token, write k/v at `index`) in one kernel plus a float32 combine of its splits.
-    Returns (`[B, 1, K * G, D]`, cache k, cache v): the caches are updated in place (aliased).
+    `inv_rms_b1 [B, 1]` that norm's 1/RMS (float32), q/k RMSNorm scales `[D]`, rotary cos/sin `[B, D]`
+    of the new position, per-layer cache k/v `[B, K, S, D]`, `mask_bs [B, S]` the cache slots to attend
+    (slot `index` must be masked: the kernel attends the new token from its registers) and `index`
+    the slot that receives the new key/value. Equals the unfused path (scale rows, q/k norm, rotary,
+    attend to cache + new token, write k/v at `index`) in one kernel plus a float32 combine of its
+    splits. Returns (`[B, 1, K * G, D]`, cache k, cache v): the caches are updated in place (aliased).
     """
     b, k, rows, d = qkv_bkxd.shape
-    g = rows - 2
+    g, half = rows - 2, d // 2
     _check(jax.ShapeDtypeStruct((b, k, g, d), qkv_bkxd.dtype), cache_k_bksd, cache_v_bksd, mask_bs, block_s)
-    if inv_rms_b.shape != (b,) or cos_bd.shape != (b, d) or sin_bd.shape != (b, d):
+    if inv_rms_b1.shape != (b, 1) or cos_bd.shape != (b, d) or sin_bd.shape != (b, d):
         raise ValueError(
-            f"inv_rms_b {inv_rms_b.shape}, cos_bd {cos_bd.shape}, sin_bd {sin_bd.shape} must be [{b}], "
-            f"[{b}, {d}], [{b}, {d}]"
+            f"inv_rms_b1 {inv_rms_b1.shape}, cos_bd {cos_bd.shape}, sin_bd {sin_bd.shape} must be "
+            f"[{b}, 1], [{b}, {d}], [{b}, {d}]"
         )
     if q_scale_d.shape != (d,) or k_scale_d.shape != (d,):
         raise ValueError(f"q_scale_d {q_scale_d.shape} and k_scale_d {k_scale_d.shape} must be [{d}]")
@@ -360,18 +371,22 @@ def fused_decode_attention(
     interpret = jax.default_backend() != "gpu" if interpret is None else interpret
     kernel = functools.partial(_fused_kernel, groups=g, eps=eps, scale=d**-0.5, block_s=block_s)
     f32 = jnp.float32
-    per_bk = lambda i, j, n: (i, j, 0, 0)  # noqa: E731
+
+    def halves(spec_of_half):  # the two BlockSpecs of one array's first and second half of D
+        return [spec_of_half(0), spec_of_half(1)]
+
+    whole_cache = pl.BlockSpec((None, None, length, d), lambda i, j, n: (i, j, 0, 0))
     acc, m, lsum, cache_k, cache_v = pl.pallas_call(
         kernel,
         grid=(b, k, splits),
         in_specs=[
-            pl.BlockSpec((None, None, QUERY_ROWS, d), per_bk),
-            pl.BlockSpec((None, QUERY_ROWS), lambda i, j, n: (i, 0)),
-            pl.BlockSpec((d,), lambda i, j, n: (0,)),
-            pl.BlockSpec((d,), lambda i, j, n: (0,)),
-            pl.BlockSpec((None, d), lambda i, j, n: (i, 0)),
-            pl.BlockSpec((None, d), lambda i, j, n: (i, 0)),
-            pl.BlockSpec((d, d), lambda i, j, n: (0, 0)),
+            *halves(lambda h: pl.BlockSpec((None, None, QUERY_ROWS, half), lambda i, j, n: (i, j, 0, h))),
+            pl.BlockSpec((None, None, None, d), lambda i, j, n: (i, j, g + 1, 0)),
+            pl.BlockSpec((None, 1), lambda i, j, n: (i, 0)),
+            *halves(lambda h: pl.BlockSpec((half,), lambda i, j, n: (h,))),
+            *halves(lambda h: pl.BlockSpec((half,), lambda i, j, n: (h,))),
+            *halves(lambda h: pl.BlockSpec((None, half), lambda i, j, n: (i, h))),
+            *halves(lambda h: pl.BlockSpec((None, half), lambda i, j, n: (i, h))),
             pl.BlockSpec((1,), lambda i, j, n: (0,)),
             pl.BlockSpec((None, None, chunk, d), lambda i, j, n: (i, j, n, 0)),
             pl.BlockSpec((None, None, chunk, d), lambda i, j, n: (i, j, n, 0)),
@@ -381,8 +396,8 @@ def fused_decode_attention(
             pl.BlockSpec((None, None, None, QUERY_ROWS, d), lambda i, j, n: (i, j, n, 0, 0)),
             pl.BlockSpec((None, None, None, QUERY_ROWS), lambda i, j, n: (i, j, n, 0)),
             pl.BlockSpec((None, None, None, QUERY_ROWS), lambda i, j, n: (i, j, n, 0)),
-            pl.BlockSpec((None, None, length, d), per_bk),
-            pl.BlockSpec((None, None, length, d), per_bk),
+            whole_cache,
+            whole_cache,
         ],
         out_shape=[
             jax.ShapeDtypeStruct((b, k, splits, g, d), f32),
@@ -391,22 +406,27 @@ def fused_decode_attention(
             jax.ShapeDtypeStruct(cache_k_bksd.shape, cache_k_bksd.dtype),
             jax.ShapeDtypeStruct(cache_v_bksd.shape, cache_v_bksd.dtype),
         ],
-        input_output_aliases={8: 3, 9: 4},
+        input_output_aliases={13: 3, 14: 4},
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
         name="decode_layer_attention",
     )(
         qkv_bkxd,
-        jnp.broadcast_to(inv_rms_b.astype(f32)[:, None], (b, QUERY_ROWS)),
-        q_scale_d.astype(f32),
-        k_scale_d.astype(f32),
-        cos_bd.astype(f32),
-        sin_bd.astype(f32),
-        rotate_half_matrix(d, qkv_bkxd.dtype),
+        qkv_bkxd,
+        qkv_bkxd,
+        inv_rms_b1,
+        q_scale_d,
+        q_scale_d,
+        k_scale_d,
+        k_scale_d,
+        cos_bd,
+        cos_bd,
+        sin_bd,
+        sin_bd,
         jnp.reshape(index, (1,)).astype(jnp.int32),
         cache_k_bksd,
         cache_v_bksd,
-        mask_bs.astype(jnp.int8),
+        mask_bs if mask_bs.dtype == jnp.int8 else mask_bs.astype(jnp.int8),
     )
     alpha = jnp.exp(m - m.max(axis=2, keepdims=True))  # [B, K, N, G]
     out = (alpha[..., None] * acc).sum(axis=2) / (alpha * lsum).sum(axis=2)[..., None]

@@ -224,7 +224,7 @@ class Attention(nn.Module):
             qkv = layers.fused_qkv(x_bld, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, **dense)
             out, cache_k, cache_v = decode_attention.fused_decode_attention(
                 qkv[:, 0],
-                inv_rms_bl1[:, 0, 0],
+                inv_rms_bl1[:, 0],
                 layers.RMSNormScale(pdtype, name="q_norm")(cfg.head_dim),
                 layers.RMSNormScale(pdtype, name="k_norm")(cfg.head_dim),
                 cos_bld[:, 0],
