@@ -223,9 +223,12 @@ def test_cached_prefix_gives_the_same_velocity_as_the_training_forward(setup):
         np.testing.assert_allclose(v_cache[b], v_full[0], atol=2e-4)
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_unstacked_inference_layout_matches_the_scanned_model(setup, fused):
+@pytest.mark.parametrize("layout", ["unfused", "fused", "fused_pallas"])
+def test_unstacked_inference_layout_matches_the_scanned_model(setup, layout):
+    """Per-layer layouts: unfused, fused (+ folded norms), and fused with the Pallas kernels of the
+    decode steps and the flow steps (interpret mode here)."""
     cfg, batch, params = setup
+    fused = layout != "unfused"
     # Norm scales away from their initial ones, so folding them into the kernels is exercised.
     rng = np.random.default_rng(7)
 
@@ -237,6 +240,14 @@ def test_unstacked_inference_layout_matches_the_scanned_model(setup, fused):
 
     params = jax.tree_util.tree_map_with_path(perturb, params)
     flat_cfg = alpamayo.alpamayo_config("tiny", scan_layers=False, fused_projections=fused)
+    if layout == "fused_pallas":
+        flat_cfg = dataclasses.replace(
+            flat_cfg,
+            vlm=dataclasses.replace(
+                flat_cfg.vlm, text=dataclasses.replace(flat_cfg.vlm.text, decode_attention="pallas")
+            ),
+            expert=dataclasses.replace(flat_cfg.expert, prefix_attention="pallas"),
+        )
     flat = alpamayo.unstack_for_inference(params, flat_cfg)
     shapes = jax.eval_shape(
         lambda: nn.unbox(alpamayo.Alpamayo(flat_cfg).init(jax.random.key(0), batch, jax.random.key(1)))[
@@ -244,10 +255,11 @@ def test_unstacked_inference_layout_matches_the_scanned_model(setup, fused):
         ]
     )
     assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(flat)
-    ref = alpamayo.Alpamayo(cfg).apply({"params": params}, batch, jax.random.key(3))
-    out = alpamayo.Alpamayo(flat_cfg).apply({"params": flat}, batch, jax.random.key(3))
-    for name in ("text_ce", "traj_ce", "flow"):
-        np.testing.assert_allclose(out[name], ref[name], rtol=1e-5)
+    if layout != "fused_pallas":  # the Pallas kernels are inference-only (no gradient, no training loss)
+        ref = alpamayo.Alpamayo(cfg).apply({"params": params}, batch, jax.random.key(3))
+        out = alpamayo.Alpamayo(flat_cfg).apply({"params": flat}, batch, jax.random.key(3))
+        for name in ("text_ce", "traj_ce", "flow"):
+            np.testing.assert_allclose(out[name], ref[name], rtol=1e-5)
     # Inference: same reasoning, same cache, same velocity (the flow itself amplifies rounding through
     # its 100 Hz Fourier features, so it is compared one step at a time).
     prompt = batch_lib.prompt_before_reasoning(batch, 6)

@@ -140,6 +140,11 @@ def test_config_switch_validates_round_trips_and_follows_the_backend(monkeypatch
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     gpu = alpamayo.inference_layout(full)
     assert gpu.vlm.text.decode_attention == "pallas" and not gpu.vlm.text.scan_layers
+    assert gpu.expert.prefix_attention == "pallas" and full.expert.prefix_attention == "xla"
+    with pytest.raises(ValueError, match="per-layer fused layout"):
+        dataclasses.replace(full.expert, prefix_attention="pallas")  # scanned
+    with pytest.raises(ValueError, match="prefix_attention 'cuda'"):
+        dataclasses.replace(gpu.expert, prefix_attention="cuda")
     assert alpamayo.AlpamayoConfig.from_dict(json.loads(json.dumps(gpu.to_dict()))) == gpu
 
 
@@ -279,3 +284,56 @@ def test_per_layer_pallas_decode_runs_the_fused_kernel():
     names = [str(e.params.get("name", "")) for e in jaxpr.eqns if e.primitive.name == "pallas_call"]
     assert len(names) == cfg.text.num_layers
     assert all("decode_layer_attention" in n for n in names)
+
+
+def unfused_expert_attention(qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, mask, eps):
+    """The unfused expert layer's attention: scale rows, q/k RMSNorm, rotary, two-part attention over
+    the prefix cache and the L action tokens."""
+    b, length, k, rows, d = qkv.shape
+    g = rows - 2
+    t = layers.scale_rows(qkv, inv_rms)
+
+    def norm(x, scale):
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+        return (x32 * scale).astype(x.dtype)
+
+    q = layers.apply_rotary(norm(t[:, :, :, :g], q_scale).reshape(b, length, k * g, d), cos, sin)
+    k_own = layers.apply_rotary(norm(t[:, :, :, g], k_scale), cos, sin)
+    v_own = t[:, :, :, g + 1]
+    return layers.two_part_attention(
+        q, cache_k, cache_v, mask, jnp.swapaxes(k_own, 1, 2), jnp.swapaxes(v_own, 1, 2)
+    )
+
+
+@pytest.mark.parametrize("dtype, groups, batch, chunk", [("float32", 2, 2, 128), ("bfloat16", 1, 1, None)])
+def test_fused_prefix_attention_equals_the_unfused_expert_attention(dtype, groups, batch, chunk):
+    length, tokens, eps = 256, 64, 1e-6
+    rng = np.random.default_rng(10 + groups)
+
+    def normal(*shape):
+        return jnp.asarray(2.0 * rng.standard_normal(shape), dtype)
+
+    qkv = normal(batch, tokens, K, groups + 2, D)
+    inv_rms = jnp.asarray(rng.uniform(0.5, 2.0, (batch, tokens, 1)), jnp.float32)
+    q_scale = jnp.asarray(rng.uniform(0.5, 1.5, D), jnp.float32)
+    k_scale = jnp.asarray(rng.uniform(0.5, 1.5, D), jnp.float32)
+    positions = jnp.broadcast_to(300 + jnp.arange(tokens), (3, batch, tokens))
+    cos, sin = layers.mrope_cos_sin(positions, D, 5e6, (4, 2, 2))
+    cache_k, cache_v = normal(batch, K, length, D), normal(batch, K, length, D)
+    mask = jnp.asarray(cache_mask(batch, length, rng))
+    args = (qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, mask)
+    out = jax.jit(
+        functools.partial(decode_attention.fused_prefix_attention, eps=eps, chunk=chunk, block_s=32)
+    )(*args)
+    ref = unfused_expert_attention(*args, eps)
+    assert out.shape == (batch, tokens, K * groups, D) and out.dtype == qkv.dtype
+    tol = dict(atol=1e-5) if dtype == "float32" else dict(atol=2e-2, rtol=1e-2)
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), **tol)
+
+
+def test_kv_caches_are_allocated_in_whole_prefix_kernel_blocks():
+    from alpamayo_jax.models import action_expert
+
+    assert generation.CACHE_ALIGN % action_expert.PREFIX_BLOCK == 0
+    assert generation.cache_slots(3034) % action_expert.PREFIX_BLOCK == 0

@@ -16,9 +16,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alpamayo_jax.models import layers
+from alpamayo_jax.models import decode_attention, layers
 from alpamayo_jax.models.flow_matching import ActionInputProjection, VelocityHead
 from alpamayo_jax.models.vlm import MLP, TextConfig, scanned_layers
+
+# Cache slots per step of the fused prefix kernel; KV caches are allocated in multiples of it
+# (`generation.CACHE_ALIGN`).
+PREFIX_BLOCK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,19 @@ class ExpertConfig:
     scan_unroll: int = 1
     scan_layers: bool = True
     fused_projections: bool = False  # the inference layout, as `vlm.TextConfig.fused_projections`
+    # "pallas": one `decode_attention.fused_prefix_attention` kernel per layer when the prefix is a KV
+    # cache (inference: its length is a multiple of PREFIX_BLOCK; the training forward's per-layer kv
+    # take the XLA path), per-layer fused layout only, no gradient; "xla": `layers.two_part_attention`.
+    prefix_attention: str = "xla"
+
+    def __post_init__(self):
+        if self.prefix_attention not in ("xla", "pallas"):
+            raise ValueError(f"ExpertConfig.prefix_attention {self.prefix_attention!r}; known: xla, pallas")
+        if self.prefix_attention == "pallas" and (self.scan_layers or not self.fused_projections):
+            raise ValueError(
+                "ExpertConfig.prefix_attention 'pallas' needs the per-layer fused layout "
+                "(scan_layers=False, fused_projections=True)"
+            )
 
 
 def expert_config(text: TextConfig, width: int, mlp_dim: int, num_heads: int, **kw: Any) -> ExpertConfig:
@@ -82,7 +99,28 @@ class ExpertLayer(nn.Module):
         h, i = carry
         # The fused (inference) layout folds the norms' scales into the qkv / gate_up kernels.
         folded = cfg.fused_projections
+
+        def mlp_half(h):  # after the attention residual
+            x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
+            h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
+            return (h, i + 1), None
+
         x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "input_norm")
+        if cfg.prefix_attention == "pallas" and prefix_k_bkpd.shape[-2] % PREFIX_BLOCK == 0:
+            out = decode_attention.fused_prefix_attention(
+                layers.fused_qkv(x, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, **dense),
+                inv_rms,
+                layers.RMSNormScale(pdtype, name="q_norm")(cfg.head_dim),
+                layers.RMSNormScale(pdtype, name="k_norm")(cfg.head_dim),
+                cos_bad,
+                sin_bad,
+                prefix_k_bkpd,
+                prefix_v_bkpd,
+                prefix_valid_bp,
+                eps=cfg.rms_eps,
+                block_s=PREFIX_BLOCK,
+            )
+            return mlp_half(h + layers.out_projection(out, cfg.width, True, **dense))
         q, k, v = layers.qkv_projection(
             x, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.fused_projections, **dense
         )
@@ -99,10 +137,7 @@ class ExpertLayer(nn.Module):
         out = layers.two_part_attention(
             q, prefix_k_bkpd, prefix_v_bkpd, prefix_valid_bp, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         )
-        h = h + layers.out_projection(out, cfg.width, cfg.fused_projections, **dense)
-        x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
-        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
-        return (h, i + 1), None
+        return mlp_half(h + layers.out_projection(out, cfg.width, cfg.fused_projections, **dense))
 
 
 class ActionExpert(nn.Module):

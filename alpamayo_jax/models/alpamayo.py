@@ -204,13 +204,14 @@ def alpamayo_config(
 def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     """`cfg` in the inference layout: per-layer parameters and fused projections in the text decoder
     and the expert (convert a checkpoint's parameters with `unstack_for_inference`), and on a GPU the
-    fused Pallas decode attention in the text decoder (the expert's 64 query rows stay on XLA). The
-    ViT stays scanned: it is compute-bound (unstacking it measured no faster, and compiles slower)."""
+    fused Pallas attention kernels in the text decoder's decode steps and the expert's flow steps.
+    The ViT stays scanned: it is compute-bound (unstacking it measured no faster, and compiles
+    slower)."""
     flat = dict(scan_layers=False, fused_projections=True)
-    text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=decode_attention.default_impl())
-    return dataclasses.replace(
-        cfg, vlm=dataclasses.replace(cfg.vlm, text=text), expert=dataclasses.replace(cfg.expert, **flat)
-    )
+    impl = decode_attention.default_impl()
+    text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=impl)
+    expert = dataclasses.replace(cfg.expert, **flat, prefix_attention=impl)
+    return dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, text=text), expert=expert)
 
 
 def unstack_for_inference(params: Any, cfg: AlpamayoConfig) -> Any:

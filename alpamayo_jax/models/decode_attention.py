@@ -221,6 +221,40 @@ def decode_two_part_attention(
 # ------------------------------------------------------------------ one decode layer's attention, fused
 
 
+def _norm_rotary(t1, t2, w1, w2, c1, c2, s1, s2, *, eps: float, dtype):
+    """RMSNorm (scale halves w1, w2) then rotary (cos/sin halves) of rows given as their head-dim halves
+    (rotate_half(x) = [-x2, x1]); float32 in and out, rounded to `dtype` where the unfused path rounds."""
+    f32 = jnp.float32
+    half = t1.shape[-1]
+    norm = jax.lax.rsqrt((jnp.sum(t1 * t1, axis=1) + jnp.sum(t2 * t2, axis=1)) / (2 * half) + eps)[:, None]
+    n1 = (t1 * norm * w1).astype(dtype).astype(f32)
+    n2 = (t2 * norm * w2).astype(dtype).astype(f32)
+    r1 = (n1 * c1 - n2 * s1).astype(dtype).astype(f32)
+    r2 = (n2 * c2 + n1 * s2).astype(dtype).astype(f32)
+    return r1, r2
+
+
+def _read_cache(q1, q2, k_ref, v_ref, mask_ref, init, block_s: int):
+    """The online softmax of query rows (halves q1, q2) over this program's cache chunk, from `init`
+    = (acc, m, lsum); masked slots never contribute."""
+    half = q1.shape[-1]
+
+    def body(i, carry):
+        acc, m, lsum = carry
+        slots = pl.ds(pl.multiple_of(i * block_s, block_s), block_s)
+        valid = (mask_ref[slots] != 0)[None, :]
+        s = plgpu.dot(q1, k_ref[slots, pl.ds(0, half)].T) + plgpu.dot(q2, k_ref[slots, pl.ds(half, half)].T)
+        s = jnp.where(valid, s, MASKED_SCORE)
+        m_next = jnp.maximum(m, s.max(axis=1))
+        p = jnp.where(valid, jnp.exp(s - m_next[:, None]), 0.0)
+        alpha = jnp.exp(m - m_next)
+        v = v_ref[slots, :]
+        acc = alpha[:, None] * acc + plgpu.dot(p.astype(v.dtype), v)
+        return acc, m_next, alpha * lsum + p.sum(axis=1)
+
+    return jax.lax.fori_loop(0, k_ref.shape[0] // block_s, body, init)
+
+
 def _fused_kernel(
     qkv1_ref,
     qkv2_ref,
@@ -267,13 +301,9 @@ def _fused_kernel(
     is_q = row < groups
     w1 = jnp.where(is_q, q_scale1_ref[...].astype(f32)[None, :], k_scale1_ref[...].astype(f32)[None, :])
     w2 = jnp.where(is_q, q_scale2_ref[...].astype(f32)[None, :], k_scale2_ref[...].astype(f32)[None, :])
-    norm = jax.lax.rsqrt((jnp.sum(t1 * t1, axis=1) + jnp.sum(t2 * t2, axis=1)) / (2 * half) + eps)[:, None]
-    n1 = (t1 * norm * w1).astype(dtype).astype(f32)
-    n2 = (t2 * norm * w2).astype(dtype).astype(f32)
     c1, c2 = cos1_ref[...].astype(f32)[None, :], cos2_ref[...].astype(f32)[None, :]
     s1, s2 = sin1_ref[...].astype(f32)[None, :], sin2_ref[...].astype(f32)[None, :]
-    r1 = (n1 * c1 - n2 * s1).astype(dtype).astype(f32)
-    r2 = (n2 * c2 + n1 * s2).astype(dtype).astype(f32)
+    r1, r2 = _norm_rotary(t1, t2, w1, w2, c1, c2, s1, s2, eps=eps, dtype=dtype)
     is_k = row == groups
     k_new1 = jnp.sum(jnp.where(is_k, r1, 0.0), axis=0)  # [D / 2]
     k_new2 = jnp.sum(jnp.where(is_k, r2, 0.0), axis=0)
@@ -294,26 +324,13 @@ def _fused_kernel(
         k_out_ref[new, pl.ds(half, half)] = k_new2.astype(dtype)[None, :]
         v_out_ref[new, :] = v_new[None, :]
 
-    def body(i, carry):
-        acc, m, lsum = carry
-        slots = pl.ds(pl.multiple_of(i * block_s, block_s), block_s)
-        valid = (mask_ref[slots] != 0)[None, :]
-        s = plgpu.dot(q1, k_ref[slots, pl.ds(0, half)].T) + plgpu.dot(q2, k_ref[slots, pl.ds(half, half)].T)
-        s = jnp.where(valid, s, MASKED_SCORE)
-        m_next = jnp.maximum(m, s.max(axis=1))
-        p = jnp.where(valid, jnp.exp(s - m_next[:, None]), 0.0)
-        alpha = jnp.exp(m - m_next)
-        v = v_ref[slots, :]
-        acc = alpha[:, None] * acc + plgpu.dot(p.astype(v.dtype), v)
-        return acc, m_next, alpha * lsum + p.sum(axis=1)
-
     # Split 0 starts from the new token: score s_new, probability exp(0) = 1, value v_new.
     init = (
         first * v_new.astype(f32)[None, :] + jnp.zeros((QUERY_ROWS, v_ref.shape[-1]), f32),
         first * s_new + (1.0 - first) * MASKED_SCORE,
         first + jnp.zeros((QUERY_ROWS,), f32),
     )
-    acc, m, lsum = jax.lax.fori_loop(0, k_ref.shape[0] // block_s, body, init)
+    acc, m, lsum = _read_cache(q1, q2, k_ref, v_ref, mask_ref, init, block_s)
     rows = jnp.arange(QUERY_ROWS) < groups
     plgpu.store(acc_ref, acc, mask=rows[:, None])
     plgpu.store(m_ref, m, mask=rows)
@@ -431,3 +448,173 @@ def fused_decode_attention(
     alpha = jnp.exp(m - m.max(axis=2, keepdims=True))  # [B, K, N, G]
     out = (alpha[..., None] * acc).sum(axis=2) / (alpha * lsum).sum(axis=2)[..., None]
     return out.reshape(b, 1, k * g, d).astype(qkv_bkxd.dtype), cache_k, cache_v
+
+
+# ------------------------------------------------------------- the action expert's attention, fused
+
+
+def _prefix_kernel(
+    q1_ref,
+    q2_ref,
+    k1_ref,
+    k2_ref,
+    v_own_ref,
+    inv_rms_ref,
+    q_scale1_ref,
+    q_scale2_ref,
+    k_scale1_ref,
+    k_scale2_ref,
+    cos1_ref,
+    cos2_ref,
+    sin1_ref,
+    sin2_ref,
+    k_ref,
+    v_ref,
+    mask_ref,
+    acc_ref,
+    m_ref,
+    lsum_ref,
+    *,
+    eps: float,
+    scale: float,
+    block_s: int,
+):
+    """One (batch, kv head, query head of the group, split) of the expert's L action tokens: the
+    prologue applies the folded input norm, q/k norms and rotary to the L query and L own key rows;
+    split 0 starts from the tokens' attention to each other (bidirectional), every split reads its
+    chunk of the VLM prefix cache."""
+    dtype = q1_ref.dtype
+    f32 = jnp.float32
+    inv = inv_rms_ref[...].astype(f32)[:, None]  # [L, 1]
+
+    def rows(ref):  # the folded pre-norm, rounded as `layers.scale_rows` rounds
+        return (ref[...].astype(f32) * inv).astype(dtype).astype(f32)
+
+    c1, c2 = cos1_ref[...].astype(f32), cos2_ref[...].astype(f32)
+    s1, s2 = sin1_ref[...].astype(f32), sin2_ref[...].astype(f32)
+    qw1, qw2 = q_scale1_ref[...].astype(f32)[None, :], q_scale2_ref[...].astype(f32)[None, :]
+    kw1, kw2 = k_scale1_ref[...].astype(f32)[None, :], k_scale2_ref[...].astype(f32)[None, :]
+    rq1, rq2 = _norm_rotary(rows(q1_ref), rows(q2_ref), qw1, qw2, c1, c2, s1, s2, eps=eps, dtype=dtype)
+    rk1, rk2 = _norm_rotary(rows(k1_ref), rows(k2_ref), kw1, kw2, c1, c2, s1, s2, eps=eps, dtype=dtype)
+    q1, q2 = (rq1 * scale).astype(dtype), (rq2 * scale).astype(dtype)
+    v_own = rows(v_own_ref).astype(dtype)
+    s_own = plgpu.dot(q1, rk1.astype(dtype).T) + plgpu.dot(q2, rk2.astype(dtype).T)  # [L, L]
+    m_own = s_own.max(axis=1)
+    p_own = jnp.exp(s_own - m_own[:, None])
+    acc_own = plgpu.dot(p_own.astype(dtype), v_own)
+
+    first = (1 - jnp.minimum(pl.program_id(3), 1)).astype(f32)  # 1.0 on split 0
+    init = (first * acc_own, first * m_own + (1.0 - first) * MASKED_SCORE, first * p_own.sum(axis=1))
+    acc, m, lsum = _read_cache(q1, q2, k_ref, v_ref, mask_ref, init, block_s)
+    acc_ref[...] = acc
+    m_ref[...] = m
+    lsum_ref[...] = lsum
+
+
+def fused_prefix_attention(
+    qkv_blkxd: jax.Array,
+    inv_rms_bl1: jax.Array,
+    q_scale_d: jax.Array,
+    k_scale_d: jax.Array,
+    cos_bld: jax.Array,
+    sin_bld: jax.Array,
+    cache_k_bksd: jax.Array,
+    cache_v_bksd: jax.Array,
+    mask_bs: jax.Array,
+    *,
+    eps: float,
+    chunk: int | None = None,
+    block_s: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """The action expert's attention (a flow step) from the raw output of its fused qkv kernel.
+
+    qkv `[B, L, K, G + 2, D]` (L action tokens; per kv head: G query heads, key, value; before the
+    folded input norm), `inv_rms_bl1 [B, L, 1]` that norm's 1/RMS, q/k RMSNorm scales `[D]`, rotary
+    cos/sin `[B, L, D]`, the VLM's per-layer prefix cache k/v `[B, K, S, D]` and the prefix slots the
+    tokens may see `mask_bs [B, S]`. Equals the unfused path (scale rows, q/k norm, rotary,
+    `layers.two_part_attention` over the prefix + the L tokens) in one kernel and a float32 combine.
+    Returns `[B, L, K * G, D]` in qkv's dtype.
+    """
+    b, length, k, rows, d = qkv_blkxd.shape
+    g, half = rows - 2, d // 2
+    _check(jax.ShapeDtypeStruct((b, k, g, d), qkv_blkxd.dtype), cache_k_bksd, cache_v_bksd, mask_bs, block_s)
+    if (
+        inv_rms_bl1.shape != (b, length, 1)
+        or cos_bld.shape != (b, length, d)
+        or sin_bld.shape != (b, length, d)
+    ):
+        raise ValueError(
+            f"inv_rms_bl1 {inv_rms_bl1.shape}, cos_bld {cos_bld.shape}, sin_bld {sin_bld.shape} must be "
+            f"[{b}, {length}, 1], [{b}, {length}, {d}], [{b}, {length}, {d}]"
+        )
+    if q_scale_d.shape != (d,) or k_scale_d.shape != (d,):
+        raise ValueError(f"q_scale_d {q_scale_d.shape} and k_scale_d {k_scale_d.shape} must be [{d}]")
+    if not _is_power_of_two(length) or length < 16:
+        raise ValueError(f"qkv_blkxd has L = {length} tokens; the kernel takes a power of two >= 16")
+    slots = cache_k_bksd.shape[2]
+    chunk = default_chunk(b, k * g, slots, block_s) if chunk is None else chunk
+    if chunk % block_s or slots % chunk:
+        raise ValueError(
+            f"chunk = {chunk} must be a multiple of block_s = {block_s} and divide the cache length {slots}"
+        )
+    splits = slots // chunk
+    interpret = jax.default_backend() != "gpu" if interpret is None else interpret
+    kernel = functools.partial(_prefix_kernel, eps=eps, scale=d**-0.5, block_s=block_s)
+    f32 = jnp.float32
+
+    def tokens(row, width, h):  # rows of one (kv head, group member) of qkv: [L, width]
+        return pl.BlockSpec((None, length, None, None, width), lambda i, j, q, n: (i, 0, j, row(q), h))
+
+    def halves(spec_of_half):
+        return [spec_of_half(0), spec_of_half(1)]
+
+    acc, m, lsum = pl.pallas_call(
+        kernel,
+        grid=(b, k, g, splits),
+        in_specs=[
+            *halves(lambda h: tokens(lambda q: q, half, h)),
+            *halves(lambda h: tokens(lambda q: g, half, h)),
+            tokens(lambda q: g + 1, d, 0),
+            pl.BlockSpec((None, length), lambda i, j, q, n: (i, 0)),
+            *halves(lambda h: pl.BlockSpec((half,), lambda i, j, q, n: (h,))),
+            *halves(lambda h: pl.BlockSpec((half,), lambda i, j, q, n: (h,))),
+            *halves(lambda h: pl.BlockSpec((None, length, half), lambda i, j, q, n: (i, 0, h))),
+            *halves(lambda h: pl.BlockSpec((None, length, half), lambda i, j, q, n: (i, 0, h))),
+            pl.BlockSpec((None, None, chunk, d), lambda i, j, q, n: (i, j, n, 0)),
+            pl.BlockSpec((None, None, chunk, d), lambda i, j, q, n: (i, j, n, 0)),
+            pl.BlockSpec((None, chunk), lambda i, j, q, n: (i, n)),
+        ],
+        out_specs=[
+            pl.BlockSpec((None, None, None, None, length, d), lambda i, j, q, n: (i, j, q, n, 0, 0)),
+            pl.BlockSpec((None, None, None, None, length), lambda i, j, q, n: (i, j, q, n, 0)),
+            pl.BlockSpec((None, None, None, None, length), lambda i, j, q, n: (i, j, q, n, 0)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((b, k, g, splits, length, d), f32),
+            jax.ShapeDtypeStruct((b, k, g, splits, length), f32),
+            jax.ShapeDtypeStruct((b, k, g, splits, length), f32),
+        ],
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        interpret=interpret,
+        name="expert_prefix_attention",
+    )(
+        *(qkv_blkxd,) * 5,
+        inv_rms_bl1[..., 0],
+        q_scale_d,
+        q_scale_d,
+        k_scale_d,
+        k_scale_d,
+        cos_bld,
+        cos_bld,
+        sin_bld,
+        sin_bld,
+        cache_k_bksd,
+        cache_v_bksd,
+        mask_bs if mask_bs.dtype == jnp.int8 else mask_bs.astype(jnp.int8),
+    )
+    alpha = jnp.exp(m - m.max(axis=3, keepdims=True))  # [B, K, G, N, L]
+    out = (alpha[..., None] * acc).sum(axis=3) / (alpha * lsum).sum(axis=3)[..., None]  # [B, K, G, L, D]
+    return jnp.moveaxis(out, 3, 1).reshape(b, length, k * g, d).astype(qkv_blkxd.dtype)
