@@ -22,3 +22,12 @@ def test_tiny_inference_benchmark(tokenizer, vision_tokens, runs):
     for key in ("vision_ms", "prefill_with_vision_ms", "decode_ms", "flow_2_steps_ms", "total_ms"):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert (tokenizer in result["params_b"]) == (tokenizer != "per_image")
+
+
+def test_tiny_inference_benchmark_with_the_pallas_kernels():
+    """On a GPU the benchmark runs both fused kernels (decode steps and flow steps); here interpreted."""
+    result = infer.run("tiny", reps=1, flow_steps=(2,), dtype="float32", decode_attention="pallas")
+    assert result["decode_attention"] == "pallas" and result["prefix_attention"] == "pallas"
+    assert math.isfinite(result["total_ms"]) and result["total_ms"] > 0
+    xla = infer.run("tiny", reps=1, flow_steps=(2,), dtype="float32", decode_attention="xla")
+    assert xla["prefix_attention"] == "xla"

@@ -164,6 +164,8 @@ def run(
         scan_layers=scan_layers,
         fused_projections=fused_projections and not scan_layers,
     )
+    if decode_attention == "pallas" and cfg.expert.fused_projections:  # the flow steps' kernel too
+        cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, prefix_attention="pallas"))
     params = init_params(cfg)
     prompt, history = release_prompt(cfg, batch, np.random.default_rng(0), shapes)
     prompt, history = jax.device_put((prompt, history))
@@ -178,6 +180,7 @@ def run(
         dtype=dtype,
         attention_impl=attention_impl,
         decode_attention=decode_attention,
+        prefix_attention=cfg.expert.prefix_attention,
         layout=dict(scan_layers=scan_layers, fused_projections=cfg.vlm.text.fused_projections),
         prefix_tokens=int(prompt.tokens_bl.shape[1]),
         vision_tokens=int((np.asarray(prompt.image_slots_bl) >= 0).sum() // batch),
