@@ -221,27 +221,6 @@ def decode_two_part_attention(
 # ------------------------------------------------------------------ one decode layer's attention, fused
 
 
-def _merge_partials(x, y):
-    """Two softmax partials (max m, sum l, accumulator a) -> one, rescaled to the larger max."""
-    (m1, l1, a1), (m2, l2, a2) = x, y
-    m = jnp.maximum(m1, m2)
-    e1, e2 = jnp.exp(m1 - m), jnp.exp(m2 - m)
-    return m, l1 * e1 + l2 * e2, a1 * e1 + a2 * e2
-
-
-def combine_splits(acc: jax.Array, m: jax.Array, lsum: jax.Array, axis: int) -> jax.Array:
-    """Normalised attention output from split partials: acc `[..., N, ..., D]` and m / lsum the same
-    without D, split axis `axis`. One variadic reduction over the splits whose combiner rescales to the
-    larger max (one pass; a max and then a rescaled sum would be two kernels). At least one split of
-    each row must have a valid slot (the kernels' own tokens guarantee it)."""
-    shape = acc.shape
-    f32 = jnp.float32
-    operands = (jnp.broadcast_to(m[..., None], shape), jnp.broadcast_to(lsum[..., None], shape), acc)
-    init = (f32(MASKED_SCORE), f32(0.0), f32(0.0))
-    _, total, out = jax.lax.reduce(operands, init, _merge_partials, (axis,))
-    return out / total
-
-
 def _norm_rotary(t1, t2, w1, w2, c1, c2, s1, s2, *, eps: float, dtype):
     """RMSNorm (scale halves w1, w2) then rotary (cos/sin halves) of rows given as their head-dim halves
     (rotate_half(x) = [-x2, x1]); float32 in and out, rounded to `dtype` where the unfused path rounds."""
@@ -466,7 +445,8 @@ def fused_decode_attention(
         cache_v_bksd,
         mask_bs if mask_bs.dtype == jnp.int8 else mask_bs.astype(jnp.int8),
     )
-    out = combine_splits(acc, m, lsum, axis=2)  # [B, K, G, D]
+    alpha = jnp.exp(m - m.max(axis=2, keepdims=True))  # [B, K, N, G]
+    out = (alpha[..., None] * acc).sum(axis=2) / (alpha * lsum).sum(axis=2)[..., None]
     return out.reshape(b, 1, k * g, d).astype(qkv_bkxd.dtype), cache_k, cache_v
 
 
@@ -635,5 +615,6 @@ def fused_prefix_attention(
         cache_v_bksd,
         mask_bs if mask_bs.dtype == jnp.int8 else mask_bs.astype(jnp.int8),
     )
-    out = combine_splits(acc, m, lsum, axis=3)  # [B, K, G, L, D]
+    alpha = jnp.exp(m - m.max(axis=3, keepdims=True))  # [B, K, G, N, L]
+    out = (alpha[..., None] * acc).sum(axis=3) / (alpha * lsum).sum(axis=3)[..., None]  # [B, K, G, L, D]
     return jnp.moveaxis(out, 3, 1).reshape(b, length, k * g, d).astype(qkv_blkxd.dtype)
