@@ -52,7 +52,7 @@ class RMSNorm(nn.Module):
 
 class RMSNormScale(nn.Module):
     """The scale `[size]` of an RMSNorm (same parameter path and axis), for a kernel that applies the
-    norm itself (`decode_attention.fused_decode_attention`)."""
+    norm itself (the fused attention kernels of `decode_attention`)."""
 
     param_dtype: Dtype = jnp.float32
     axis_name: str = "norm"
