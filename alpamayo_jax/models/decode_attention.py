@@ -98,6 +98,35 @@ def _check(q_bkgd: jax.Array, k_bksd: jax.Array, v_bksd: jax.Array, mask_bs: jax
         raise ValueError(f"k_bksd cache length S = {length} must be a multiple of block_s = {block_s}")
 
 
+def _splits(rows: int, length: int, block_s: int, chunk: int | None) -> tuple[int, int]:
+    """(chunk, splits) of a cache of `length` slots read by `rows` (batch x heads) program rows; raises
+    ValueError for a chunk the kernels cannot take."""
+    chunk = default_chunk(1, rows, length, block_s) if chunk is None else chunk
+    if chunk % block_s or length % chunk:
+        raise ValueError(
+            f"chunk = {chunk} must be a multiple of block_s = {block_s} and divide the cache length {length}"
+        )
+    return chunk, length // chunk
+
+
+def _interpret(interpret: bool | None) -> bool:
+    return jax.default_backend() != "gpu" if interpret is None else interpret
+
+
+def _int8(mask_bs: jax.Array) -> jax.Array:
+    return mask_bs if mask_bs.dtype == jnp.int8 else mask_bs.astype(jnp.int8)
+
+
+def _check_norm_scales(q_scale_d: jax.Array, k_scale_d: jax.Array, d: int) -> None:
+    if q_scale_d.shape != (d,) or k_scale_d.shape != (d,):
+        raise ValueError(f"q_scale_d {q_scale_d.shape} and k_scale_d {k_scale_d.shape} must be [{d}]")
+
+
+def _halves(spec_of_half) -> list:
+    """The two BlockSpecs of an array's first and second half of the head dim (`spec_of_half(0 | 1)`)."""
+    return [spec_of_half(0), spec_of_half(1)]
+
+
 def default_impl(scan_layers: bool = False) -> str:
     """The decode attention a layout gets by default: the Pallas kernels on a GPU for the per-layer
     layout (`TextConfig` rejects them for scanned layers), XLA elsewhere."""
@@ -129,13 +158,8 @@ def cache_attention(
     _check(q_bkgd, k_bksd, v_bksd, mask_bs, block_s)
     b, k, g, d = q_bkgd.shape
     length = k_bksd.shape[2]
-    chunk = default_chunk(b, k, length, block_s) if chunk is None else chunk
-    if chunk % block_s or length % chunk:
-        raise ValueError(
-            f"chunk = {chunk} must be a multiple of block_s = {block_s} and divide the cache length {length}"
-        )
-    splits = length // chunk
-    interpret = jax.default_backend() != "gpu" if interpret is None else interpret
+    chunk, splits = _splits(b * k, length, block_s, chunk)
+    interpret = _interpret(interpret)
     kernel = functools.partial(_kernel, groups=g, scale=d**-0.5 if scale is None else scale, block_s=block_s)
     f32 = jnp.float32
     return pl.pallas_call(
@@ -160,7 +184,7 @@ def cache_attention(
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
         name="decode_cache_attention",
-    )(q_bkgd, k_bksd, v_bksd, mask_bs.astype(jnp.int8))
+    )(q_bkgd, k_bksd, v_bksd, _int8(mask_bs))
 
 
 def decode_two_part_attention(
@@ -374,36 +398,27 @@ def fused_decode_attention(
             f"inv_rms_b1 {inv_rms_b1.shape}, cos_bd {cos_bd.shape}, sin_bd {sin_bd.shape} must be "
             f"[{b}, 1], [{b}, {d}], [{b}, {d}]"
         )
-    if q_scale_d.shape != (d,) or k_scale_d.shape != (d,):
-        raise ValueError(f"q_scale_d {q_scale_d.shape} and k_scale_d {k_scale_d.shape} must be [{d}]")
+    _check_norm_scales(q_scale_d, k_scale_d, d)
     if rows > QUERY_ROWS:
         raise ValueError(f"qkv_bkxd has {rows} rows per kv head (G + 2); the kernel takes {QUERY_ROWS}")
     length = cache_k_bksd.shape[2]
-    chunk = default_chunk(b, k, length, block_s) if chunk is None else chunk
-    if chunk % block_s or length % chunk:
-        raise ValueError(
-            f"chunk = {chunk} must be a multiple of block_s = {block_s} and divide the cache length {length}"
-        )
-    splits = length // chunk
-    interpret = jax.default_backend() != "gpu" if interpret is None else interpret
+    chunk, splits = _splits(b * k, length, block_s, chunk)
+    interpret = _interpret(interpret)
     kernel = functools.partial(_fused_kernel, groups=g, eps=eps, scale=d**-0.5, block_s=block_s)
     f32 = jnp.float32
-
-    def halves(spec_of_half):  # the two BlockSpecs of one array's first and second half of D
-        return [spec_of_half(0), spec_of_half(1)]
 
     whole_cache = pl.BlockSpec((None, None, length, d), lambda i, j, n: (i, j, 0, 0))
     acc, m, lsum, cache_k, cache_v = pl.pallas_call(
         kernel,
         grid=(b, k, splits),
         in_specs=[
-            *halves(lambda h: pl.BlockSpec((None, None, QUERY_ROWS, half), lambda i, j, n: (i, j, 0, h))),
+            *_halves(lambda h: pl.BlockSpec((None, None, QUERY_ROWS, half), lambda i, j, n: (i, j, 0, h))),
             pl.BlockSpec((None, None, None, d), lambda i, j, n: (i, j, g + 1, 0)),
             pl.BlockSpec((None, 1), lambda i, j, n: (i, 0)),
-            *halves(lambda h: pl.BlockSpec((half,), lambda i, j, n: (h,))),
-            *halves(lambda h: pl.BlockSpec((half,), lambda i, j, n: (h,))),
-            *halves(lambda h: pl.BlockSpec((None, half), lambda i, j, n: (i, h))),
-            *halves(lambda h: pl.BlockSpec((None, half), lambda i, j, n: (i, h))),
+            *_halves(lambda h: pl.BlockSpec((half,), lambda i, j, n: (h,))),
+            *_halves(lambda h: pl.BlockSpec((half,), lambda i, j, n: (h,))),
+            *_halves(lambda h: pl.BlockSpec((None, half), lambda i, j, n: (i, h))),
+            *_halves(lambda h: pl.BlockSpec((None, half), lambda i, j, n: (i, h))),
             pl.BlockSpec((1,), lambda i, j, n: (0,)),
             pl.BlockSpec((None, None, chunk, d), lambda i, j, n: (i, j, n, 0)),
             pl.BlockSpec((None, None, chunk, d), lambda i, j, n: (i, j, n, 0)),
@@ -443,7 +458,7 @@ def fused_decode_attention(
         jnp.reshape(index, (1,)).astype(jnp.int32),
         cache_k_bksd,
         cache_v_bksd,
-        mask_bs if mask_bs.dtype == jnp.int8 else mask_bs.astype(jnp.int8),
+        _int8(mask_bs),
     )
     alpha = jnp.exp(m - m.max(axis=2, keepdims=True))  # [B, K, N, G]
     out = (alpha[..., None] * acc).sum(axis=2) / (alpha * lsum).sum(axis=2)[..., None]
@@ -550,39 +565,30 @@ def fused_prefix_attention(
             f"inv_rms_bl1 {inv_rms_bl1.shape}, cos_bld {cos_bld.shape}, sin_bld {sin_bld.shape} must be "
             f"[{b}, {length}, 1], [{b}, {length}, {d}], [{b}, {length}, {d}]"
         )
-    if q_scale_d.shape != (d,) or k_scale_d.shape != (d,):
-        raise ValueError(f"q_scale_d {q_scale_d.shape} and k_scale_d {k_scale_d.shape} must be [{d}]")
+    _check_norm_scales(q_scale_d, k_scale_d, d)
     if not _is_power_of_two(length) or length < 16:
         raise ValueError(f"qkv_blkxd has L = {length} tokens; the kernel takes a power of two >= 16")
     slots = cache_k_bksd.shape[2]
-    chunk = default_chunk(b, k * g, slots, block_s) if chunk is None else chunk
-    if chunk % block_s or slots % chunk:
-        raise ValueError(
-            f"chunk = {chunk} must be a multiple of block_s = {block_s} and divide the cache length {slots}"
-        )
-    splits = slots // chunk
-    interpret = jax.default_backend() != "gpu" if interpret is None else interpret
+    chunk, splits = _splits(b * k * g, slots, block_s, chunk)
+    interpret = _interpret(interpret)
     kernel = functools.partial(_prefix_kernel, eps=eps, scale=d**-0.5, block_s=block_s)
     f32 = jnp.float32
 
     def tokens(row, width, h):  # rows of one (kv head, group member) of qkv: [L, width]
         return pl.BlockSpec((None, length, None, None, width), lambda i, j, q, n: (i, 0, j, row(q), h))
 
-    def halves(spec_of_half):
-        return [spec_of_half(0), spec_of_half(1)]
-
     acc, m, lsum = pl.pallas_call(
         kernel,
         grid=(b, k, g, splits),
         in_specs=[
-            *halves(lambda h: tokens(lambda q: q, half, h)),
-            *halves(lambda h: tokens(lambda q: g, half, h)),
+            *_halves(lambda h: tokens(lambda q: q, half, h)),
+            *_halves(lambda h: tokens(lambda q: g, half, h)),
             tokens(lambda q: g + 1, d, 0),
             pl.BlockSpec((None, length), lambda i, j, q, n: (i, 0)),
-            *halves(lambda h: pl.BlockSpec((half,), lambda i, j, q, n: (h,))),
-            *halves(lambda h: pl.BlockSpec((half,), lambda i, j, q, n: (h,))),
-            *halves(lambda h: pl.BlockSpec((None, length, half), lambda i, j, q, n: (i, 0, h))),
-            *halves(lambda h: pl.BlockSpec((None, length, half), lambda i, j, q, n: (i, 0, h))),
+            *_halves(lambda h: pl.BlockSpec((half,), lambda i, j, q, n: (h,))),
+            *_halves(lambda h: pl.BlockSpec((half,), lambda i, j, q, n: (h,))),
+            *_halves(lambda h: pl.BlockSpec((None, length, half), lambda i, j, q, n: (i, 0, h))),
+            *_halves(lambda h: pl.BlockSpec((None, length, half), lambda i, j, q, n: (i, 0, h))),
             pl.BlockSpec((None, None, chunk, d), lambda i, j, q, n: (i, j, n, 0)),
             pl.BlockSpec((None, None, chunk, d), lambda i, j, q, n: (i, j, n, 0)),
             pl.BlockSpec((None, chunk), lambda i, j, q, n: (i, n)),
@@ -613,7 +619,7 @@ def fused_prefix_attention(
         sin_bld,
         cache_k_bksd,
         cache_v_bksd,
-        mask_bs if mask_bs.dtype == jnp.int8 else mask_bs.astype(jnp.int8),
+        _int8(mask_bs),
     )
     alpha = jnp.exp(m - m.max(axis=3, keepdims=True))  # [B, K, G, N, L]
     out = (alpha[..., None] * acc).sum(axis=3) / (alpha * lsum).sum(axis=3)[..., None]  # [B, K, G, L, D]
