@@ -122,6 +122,13 @@ def _check_norm_scales(q_scale_d: jax.Array, k_scale_d: jax.Array, d: int) -> No
         raise ValueError(f"q_scale_d {q_scale_d.shape} and k_scale_d {k_scale_d.shape} must be [{d}]")
 
 
+def _combine_splits(acc: jax.Array, m: jax.Array, lsum: jax.Array, axis: int) -> jax.Array:
+    """The normalised output from the split partials of a fused kernel (acc `[..., D]`; m, lsum without
+    D; splits along `axis`), each rescaled to the largest split max."""
+    alpha = jnp.exp(m - m.max(axis=axis, keepdims=True))
+    return (alpha[..., None] * acc).sum(axis=axis) / (alpha * lsum).sum(axis=axis)[..., None]
+
+
 def _halves(spec_of_half) -> list:
     """The two BlockSpecs of an array's first and second half of the head dim (`spec_of_half(0 | 1)`)."""
     return [spec_of_half(0), spec_of_half(1)]
@@ -460,8 +467,7 @@ def fused_decode_attention(
         cache_v_bksd,
         _int8(mask_bs),
     )
-    alpha = jnp.exp(m - m.max(axis=2, keepdims=True))  # [B, K, N, G]
-    out = (alpha[..., None] * acc).sum(axis=2) / (alpha * lsum).sum(axis=2)[..., None]
+    out = _combine_splits(acc, m, lsum, axis=2)  # [B, K, G, D]
     return out.reshape(b, 1, k * g, d).astype(qkv_bkxd.dtype), cache_k, cache_v
 
 
@@ -621,6 +627,5 @@ def fused_prefix_attention(
         cache_v_bksd,
         _int8(mask_bs),
     )
-    alpha = jnp.exp(m - m.max(axis=3, keepdims=True))  # [B, K, G, N, L]
-    out = (alpha[..., None] * acc).sum(axis=3) / (alpha * lsum).sum(axis=3)[..., None]  # [B, K, G, L, D]
+    out = _combine_splits(acc, m, lsum, axis=3)  # [B, K, G, L, D]
     return jnp.moveaxis(out, 3, 1).reshape(b, length, k * g, d).astype(qkv_blkxd.dtype)
