@@ -210,12 +210,14 @@ def test_decode_attention_benchmark_runs_at_tiny_shapes():
         assert setting["us_per_layer"] > 0 and setting["max_abs_diff_vs_xla"] < 2e-2
 
 
-def unfused_decode_layer(qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, mask, index, eps):
-    """What the unfused inference layer does: scale rows, q/k RMSNorm, rotary, two-part attention over
-    the cache + the new token, then the cache write at `index`."""
+def unfused_decode_layer(qkv, h, q_scale, k_scale, cos, sin, cache_k, cache_v, mask, index, eps):
+    """What the unfused inference layer does: the folded input norm's 1/RMS of the layer input h
+    (`layers.pre_norm`), scale rows, q/k RMSNorm, rotary, two-part attention over the cache + the new
+    token, then the cache write at `index`."""
     b, k, rows, d = qkv.shape
     g = rows - 2
-    t = layers.scale_rows(qkv[:, None], inv_rms[:, None])[:, 0]  # [B, K, G + 2, D]
+    _, inv_rms = layers.pre_norm(h[:, None], True, eps, h.dtype, h.dtype, "unused")
+    t = layers.scale_rows(qkv[:, None], inv_rms)[:, 0]  # [B, K, G + 2, D]
 
     def norm(x, scale):
         x32 = x.astype(jnp.float32)
@@ -242,16 +244,18 @@ def test_fused_decode_layer_attention_equals_the_unfused_layer(dtype, groups, ba
         return jnp.asarray(s * rng.standard_normal(shape), dtype)
 
     qkv = normal(batch, K, groups + 2, D)
-    inv_rms = jnp.asarray(rng.uniform(0.5, 2.0, (batch, 1)), jnp.float32)
+    h = normal(batch, 64, s=rng.uniform(0.3, 3.0))  # the layer input: its 1/RMS scales the qkv rows
     q_scale = jnp.asarray(rng.uniform(0.5, 1.5, D), jnp.float32)
     k_scale = jnp.asarray(rng.uniform(0.5, 1.5, D), jnp.float32)
     positions = jnp.asarray(rng.integers(0, 500, (3, batch, 1)))
     cos, sin = (c[:, 0] for c in layers.mrope_cos_sin(positions, D, 5e6, (4, 2, 2)))
     cache_k, cache_v = normal(batch, K, length, D), normal(batch, K, length, D)
     mask = jnp.asarray(cache_mask(batch, length, rng)).at[:, index].set(False)  # the new slot: unmasked later
-    args = (qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, mask, jnp.int32(index))
+    args = (qkv, h, q_scale, k_scale, cos, sin, cache_k, cache_v, mask, jnp.int32(index))
     out, new_k, new_v = jax.jit(
-        functools.partial(decode_attention.fused_decode_attention, eps=eps, chunk=chunk, block_s=32)
+        functools.partial(
+            decode_attention.fused_decode_attention, eps=eps, norm_eps=eps, chunk=chunk, block_s=32
+        )
     )(*args)
     ref, ref_k, ref_v = unfused_decode_layer(*args, eps)
     tol = dict(atol=1e-5) if dtype == "float32" else dict(atol=2e-2, rtol=1e-2)
@@ -268,7 +272,8 @@ def test_fused_decode_layer_attention_equals_the_unfused_layer(dtype, groups, ba
 
 
 def test_per_layer_pallas_decode_runs_the_fused_kernel():
-    """The per-layer fused layout's decode step is one `decode_layer_attention` kernel per layer."""
+    """The per-layer fused layout's decode step is one `decode_layer_attention` kernel and one split
+    combine kernel per layer."""
     cfg = qwen3vl.qwen3vl_config("tiny", scan_layers=False, fused_projections=True, decode_attention="pallas")
     assert cfg.text.fused_decode
     model = qwen3vl.Qwen3VL(cfg)
@@ -282,8 +287,7 @@ def test_per_layer_pallas_decode_runs_the_fused_kernel():
         )
     )(params, cache)
     names = [str(e.params.get("name", "")) for e in jaxpr.eqns if e.primitive.name == "pallas_call"]
-    assert len(names) == cfg.text.num_layers
-    assert all("decode_layer_attention" in n for n in names)
+    assert names == ["decode_layer_attention", "attention_split_combine"] * cfg.text.num_layers
 
 
 def unfused_expert_attention(qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, mask, eps):

@@ -52,8 +52,10 @@ class TextConfig:
     @property
     def fused_decode(self) -> bool:
         """Decode steps run `decode_attention.fused_decode_attention` (q/k norm, rotary, the cache write
-        and the attention in one kernel): the Pallas kernel on the per-layer fused inference layout."""
-        return self.decode_attention == "pallas" and self.fused_projections and not self.scan_layers
+        and the attention in one kernel): the Pallas kernel on the per-layer fused inference layout, for
+        a power-of-two width (the kernel reads the layer's input row whole for the folded norm)."""
+        per_layer_fused = self.fused_projections and not self.scan_layers
+        return self.decode_attention == "pallas" and per_layer_fused and self.width & (self.width - 1) == 0
 
     def __post_init__(self):
         if self.decode_attention not in DECODE_ATTENTION:
@@ -224,7 +226,7 @@ class Attention(nn.Module):
             qkv = layers.fused_qkv(x_bld, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, **dense)
             out, cache_k, cache_v = decode_attention.fused_decode_attention(
                 qkv[:, 0],
-                inv_rms_bl1[:, 0],
+                x_bld[:, 0],  # the raw row of the folded input norm: the kernel takes its 1/RMS
                 layers.RMSNormScale(pdtype, name="q_norm")(cfg.head_dim),
                 layers.RMSNormScale(pdtype, name="k_norm")(cfg.head_dim),
                 cos_bld[:, 0],
@@ -234,6 +236,7 @@ class Attention(nn.Module):
                 cache_mask_bs,
                 cache_index,
                 eps=cfg.rms_eps,
+                norm_eps=cfg.rms_eps,
             )
             return layers.out_projection(out, cfg.width, True, **dense), (cache_k, cache_v)
         q, k, v = layers.qkv_projection(
