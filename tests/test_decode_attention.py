@@ -234,10 +234,17 @@ def unfused_decode_layer(qkv, h, q_scale, k_scale, cos, sin, cache_k, cache_v, m
 
 
 @pytest.mark.parametrize(
-    "dtype, groups, batch, chunk", [("float32", 2, 3, 128), ("bfloat16", 1, 1, None), ("bfloat16", 4, 3, 64)]
+    "dtype, groups, batch, chunk, length",
+    # 192 / 64: three splits, which the combine kernel pads to four with masked loads.
+    [
+        ("float32", 2, 3, 128, 256),
+        ("bfloat16", 1, 1, None, 256),
+        ("bfloat16", 4, 3, 64, 256),
+        ("float32", 2, 2, 64, 192),
+    ],
 )
-def test_fused_decode_layer_attention_equals_the_unfused_layer(dtype, groups, batch, chunk):
-    length, index, eps = 256, 203, 1e-6
+def test_fused_decode_layer_attention_equals_the_unfused_layer(dtype, groups, batch, chunk, length):
+    index, eps = 163, 1e-6
     rng = np.random.default_rng(groups)
 
     def normal(*shape, s=2.0):
@@ -269,6 +276,17 @@ def test_fused_decode_layer_attention_equals_the_unfused_layer(dtype, groups, ba
         )
         keep = np.arange(length) != index
         np.testing.assert_array_equal(np.asarray(got)[:, :, keep], np.asarray(old)[:, :, keep])
+
+
+def test_fused_decode_layer_attention_rejects_a_bad_input_row():
+    """The layer input row h (whose 1/RMS the kernel takes) must be [B, E] with E a power of two."""
+    qkv = jnp.zeros((1, K, 4, D))
+    scale, rotary = jnp.ones(D), jnp.ones((1, D))
+    cache, mask = jnp.zeros((1, K, 128, D)), jnp.ones((1, 128), bool)
+    fused = functools.partial(decode_attention.fused_decode_attention, eps=1e-6, norm_eps=1e-6, block_s=32)
+    for bad in (jnp.ones((1, 48)), jnp.ones((2, 64)), jnp.ones((64,))):
+        with pytest.raises(ValueError, match="h_be"):
+            fused(qkv, bad, scale, scale, rotary, rotary, cache, cache, mask, jnp.int32(3))
 
 
 def test_per_layer_pallas_decode_runs_the_fused_kernel():
