@@ -208,6 +208,8 @@ def test_decode_attention_benchmark_runs_at_tiny_shapes():
     ]
     for setting in result["pallas"]:
         assert setting["us_per_layer"] > 0 and setting["max_abs_diff_vs_xla"] < 2e-2
+    fused = [(s["chunk"], s["block_s"], s["programs"], s["us_per_layer"] > 0) for s in result["fused"]]
+    assert fused == [(128, 128, 4, True), (256, 32, 2, True)]
 
 
 def unfused_decode_layer(qkv, h, q_scale, k_scale, cos, sin, cache_k, cache_v, mask, index, eps):

@@ -13,7 +13,8 @@ image).
 `--batch` per device, `--mesh`, `--rules`) at the release input shapes; several GPUs: weak scaling.
 `--what data`: samples/s of the input pipeline.
 `--what decode_attention`: microseconds per layer of the decode step's cache attention, XLA against the
-Pallas kernel at several chunk / block_s / num_warps / num_stages settings (the preset's text decoder).
+Pallas cache kernel and the fused decode layer kernel (with its split combine) at several chunk /
+block_s / num_warps / num_stages settings (the preset's text decoder).
 """
 
 from __future__ import annotations

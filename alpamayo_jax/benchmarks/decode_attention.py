@@ -1,10 +1,14 @@
 """Per-layer time of the decode step's attention over the KV cache: the XLA two-part softmax against the
-Pallas kernel (`models/decode_attention.py`) at several chunk / block_s / num_warps / num_stages.
+Pallas cache kernel (`models/decode_attention.py`) at several chunk / block_s / num_warps / num_stages,
+and the fused decode layer kernel that the inference layout runs (`fused_decode_attention`: norms,
+rotary, the cache write, the split read and the split-combine kernel) at the same settings.
 
 Shapes are the preset's text decoder at a release cache (3,072 slots, the last 40 not yet filled,
 bf16), one query token. One compiled program runs every layer's attention (each layer its own cache
 buffer, as in the inference layout, so nothing stays in L2) `repeat` times, each output the next
-query; the median time over layers x repeat is the per-layer time including launches.
+query; the median time over layers x repeat is the per-layer time including launches. The fused
+kernel updates the caches in place: they are the loop's carry (copied once per call on entry, as the
+decode program does when the caches are not donated).
 """
 
 from __future__ import annotations
@@ -64,6 +68,39 @@ def _all_layers(attend, repeat: int):
     return jax.jit(run)
 
 
+def _fused_inputs(text_cfg, batch: int, dtype: Any) -> tuple[Any, ...]:
+    """Raw fused-qkv rows `[B, K, G + 2, D]`, the layer input row `[B, E]`, q/k norm scales, rotary."""
+    k, d = text_cfg.num_kv_heads, text_cfg.head_dim
+    keys = jax.random.split(jax.random.key(1), 4)
+    qkv = jax.random.normal(keys[0], (batch, k, text_cfg.num_heads // k + 2, d), dtype)
+    h = jax.random.normal(keys[1], (batch, text_cfg.width), dtype)
+    scale = 1.0 + 0.1 * jax.random.normal(keys[2], (d,), jnp.float32)
+    angles = jax.random.uniform(keys[3], (batch, d), jnp.float32, 0.0, 6.0)
+    return qkv, h, scale.astype(dtype), scale.astype(dtype), jnp.cos(angles), jnp.sin(angles)
+
+
+def _all_layers_fused(attend, repeat: int, index: int):
+    """jit(qkv, h, scales, rotary, caches, mask) -> qkv after `repeat` passes over every layer's fused
+    kernel (the caches carried through the loop and written in place at slot `index`)."""
+
+    def run(qkv, h, q_scale, k_scale, cos, sin, caches, mask):
+        b, k, _, d = qkv.shape
+        layer_args = (h, q_scale, k_scale, cos, sin)
+
+        def one_pass(_, carry):
+            qkv, caches = carry
+            new = []
+            for cache_k, cache_v in caches:
+                out, cache_k, cache_v = attend(qkv, *layer_args, cache_k, cache_v, mask, index)
+                qkv = qkv + out.reshape(b, k, -1, d)[:, :, :1].astype(qkv.dtype)  # the next layer's input
+                new.append((cache_k, cache_v))
+            return qkv, tuple(new)
+
+        return jax.lax.fori_loop(0, repeat, one_pass, (qkv, caches))[0]
+
+    return jax.jit(run)
+
+
 def run(
     preset: str = "ar1_2b",
     batch: int = 1,
@@ -100,6 +137,7 @@ def run(
         floor_us_per_layer=cache_bytes / (COPY_TB_S * 1e12) * 1e6,
         xla_us_per_layer=xla["median_ms"] * 1e3 / calls,
         pallas=[],
+        fused=[],
     )
     for chunk, block_s, num_warps, num_stages in settings:
         attend = functools.partial(
@@ -122,6 +160,35 @@ def run(
                 programs=b * k * (length // chosen),
                 us_per_layer=t["median_ms"] * 1e3 / calls,
                 max_abs_diff_vs_xla=float(np.abs(out - ref).max()),
+            )
+        )
+    # The fused layer kernel writes the new token at the first unfilled slot (masked in the cache read).
+    fused_args = _fused_inputs(text_cfg, batch, dt)
+    index = length - unfilled
+    fused_mask = mask.at[:, index].set(False)
+    for chunk, block_s, num_warps, num_stages in settings:
+        attend = functools.partial(
+            kernel_lib.fused_decode_attention,
+            eps=text_cfg.rms_eps,
+            norm_eps=text_cfg.rms_eps,
+            chunk=chunk,
+            block_s=block_s,
+            num_warps=num_warps,
+            num_stages=num_stages,
+        )
+        t = time_compiled(
+            _all_layers_fused(attend, repeat, index), *fused_args, caches, fused_mask, reps=reps
+        )
+        b, k = batch, text_cfg.num_kv_heads
+        chosen = kernel_lib.default_chunk(b, k, length, block_s) if chunk is None else chunk
+        result["fused"].append(
+            dict(
+                chunk=chosen,
+                block_s=block_s,
+                num_warps=num_warps,
+                num_stages=num_stages,
+                programs=b * k * (length // chosen),
+                us_per_layer=t["median_ms"] * 1e3 / calls,
             )
         )
     return result
