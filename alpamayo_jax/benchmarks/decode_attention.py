@@ -139,56 +139,29 @@ def run(
         pallas=[],
         fused=[],
     )
-    for chunk, block_s, num_warps, num_stages in settings:
-        attend = functools.partial(
-            kernel_lib.decode_two_part_attention,
-            chunk=chunk,
-            block_s=block_s,
-            num_warps=num_warps,
-            num_stages=num_stages,
-        )
+    b, k = batch, text_cfg.num_kv_heads
+
+    def tiles(setting):
+        return dict(zip(("chunk", "block_s", "num_warps", "num_stages"), setting, strict=True))
+
+    def row(setting, timing, **extra):
+        chosen = tiles(setting)
+        if chosen["chunk"] is None:
+            chosen["chunk"] = kernel_lib.default_chunk(b, k, length, chosen["block_s"])
+        programs = b * k * (length // chosen["chunk"])
+        return dict(**chosen, programs=programs, us_per_layer=timing["median_ms"] * 1e3 / calls, **extra)
+
+    for setting in settings:
+        attend = functools.partial(kernel_lib.decode_two_part_attention, **tiles(setting))
         out = np.asarray(jax.jit(attend)(q, *caches[0], mask, *new), np.float32)
         t = time_compiled(_all_layers(attend, repeat), q, caches, mask, new, reps=reps)
-        b, k = batch, text_cfg.num_kv_heads
-        chosen = kernel_lib.default_chunk(b, k, length, block_s) if chunk is None else chunk
-        result["pallas"].append(
-            dict(
-                chunk=chosen,
-                block_s=block_s,
-                num_warps=num_warps,
-                num_stages=num_stages,
-                programs=b * k * (length // chosen),
-                us_per_layer=t["median_ms"] * 1e3 / calls,
-                max_abs_diff_vs_xla=float(np.abs(out - ref).max()),
-            )
-        )
+        result["pallas"].append(row(setting, t, max_abs_diff_vs_xla=float(np.abs(out - ref).max())))
     # The fused layer kernel writes the new token at the first unfilled slot (masked in the cache read).
-    fused_args = _fused_inputs(text_cfg, batch, dt)
     index = length - unfilled
-    fused_mask = mask.at[:, index].set(False)
-    for chunk, block_s, num_warps, num_stages in settings:
-        attend = functools.partial(
-            kernel_lib.fused_decode_attention,
-            eps=text_cfg.rms_eps,
-            norm_eps=text_cfg.rms_eps,
-            chunk=chunk,
-            block_s=block_s,
-            num_warps=num_warps,
-            num_stages=num_stages,
-        )
-        t = time_compiled(
-            _all_layers_fused(attend, repeat, index), *fused_args, caches, fused_mask, reps=reps
-        )
-        b, k = batch, text_cfg.num_kv_heads
-        chosen = kernel_lib.default_chunk(b, k, length, block_s) if chunk is None else chunk
-        result["fused"].append(
-            dict(
-                chunk=chosen,
-                block_s=block_s,
-                num_warps=num_warps,
-                num_stages=num_stages,
-                programs=b * k * (length // chosen),
-                us_per_layer=t["median_ms"] * 1e3 / calls,
-            )
-        )
+    fused_args = (*_fused_inputs(text_cfg, batch, dt), caches, mask.at[:, index].set(False))
+    eps = text_cfg.rms_eps
+    for setting in settings:
+        attend = functools.partial(kernel_lib.fused_decode_attention, eps=eps, norm_eps=eps, **tiles(setting))
+        t = time_compiled(_all_layers_fused(attend, repeat, index), *fused_args, reps=reps)
+        result["fused"].append(row(setting, t))
     return result
