@@ -176,6 +176,22 @@ def _halves(spec_of_half) -> list:
     return [spec_of_half(0), spec_of_half(1)]
 
 
+def _norm_rotary_operands(q_scale_d, k_scale_d, cos, sin, rotary_block: tuple, rotary_index) -> tuple:
+    """(BlockSpecs, operands) of a fused kernel's eight norm / rotary inputs: the q and k RMSNorm scales
+    `[D]` and rotary cos and sin, each as its two head-dim halves. `rotary_block`: cos/sin's block
+    without the head dim; `rotary_index(*program ids)`: its block index without the head dim."""
+    half = q_scale_d.shape[0] // 2
+
+    def scale(h):
+        return pl.BlockSpec((half,), lambda *_: (h,))
+
+    def rotary(h):
+        return pl.BlockSpec((*rotary_block, half), lambda *i: (*rotary_index(*i), h))
+
+    specs = [*_halves(scale), *_halves(scale), *_halves(rotary), *_halves(rotary)]
+    return specs, (q_scale_d, q_scale_d, k_scale_d, k_scale_d, cos, cos, sin, sin)
+
+
 def default_impl(scan_layers: bool = False) -> str:
     """The decode attention a layout gets by default: the Pallas kernels on a GPU for the per-layer
     layout (`TextConfig` rejects them for scanned layers), XLA elsewhere."""
@@ -464,6 +480,9 @@ def fused_decode_attention(
     f32 = jnp.float32
 
     whole_cache = pl.BlockSpec((None, None, length, d), lambda i, j, n: (i, j, 0, 0))
+    norm_rotary_specs, norm_rotary_args = _norm_rotary_operands(
+        q_scale_d, k_scale_d, cos_bd, sin_bd, (None,), lambda i, j, n: (i,)
+    )
     acc, m, lsum, cache_k, cache_v = pl.pallas_call(
         kernel,
         grid=(b, k, splits),
@@ -471,10 +490,7 @@ def fused_decode_attention(
             *_halves(lambda h: pl.BlockSpec((None, None, QUERY_ROWS, half), lambda i, j, n: (i, j, 0, h))),
             pl.BlockSpec((None, None, None, d), lambda i, j, n: (i, j, g + 1, 0)),
             pl.BlockSpec((None, h_be.shape[1]), lambda i, j, n: (i, 0)),
-            *_halves(lambda h: pl.BlockSpec((half,), lambda i, j, n: (h,))),
-            *_halves(lambda h: pl.BlockSpec((half,), lambda i, j, n: (h,))),
-            *_halves(lambda h: pl.BlockSpec((None, half), lambda i, j, n: (i, h))),
-            *_halves(lambda h: pl.BlockSpec((None, half), lambda i, j, n: (i, h))),
+            *norm_rotary_specs,
             pl.BlockSpec((1,), lambda i, j, n: (0,)),
             pl.BlockSpec((None, None, chunk, d), lambda i, j, n: (i, j, n, 0)),
             pl.BlockSpec((None, None, chunk, d), lambda i, j, n: (i, j, n, 0)),
@@ -503,14 +519,7 @@ def fused_decode_attention(
         qkv_bkxd,
         qkv_bkxd,
         h_be,
-        q_scale_d,
-        q_scale_d,
-        k_scale_d,
-        k_scale_d,
-        cos_bd,
-        cos_bd,
-        sin_bd,
-        sin_bd,
+        *norm_rotary_args,
         jnp.reshape(index, (1,)).astype(jnp.int32),
         cache_k_bksd,
         cache_v_bksd,
@@ -632,6 +641,9 @@ def fused_prefix_attention(
     def tokens(row, width, h):  # rows of one (kv head, group member) of qkv: [L, width]
         return pl.BlockSpec((None, length, None, None, width), lambda i, j, q, n: (i, 0, j, row(q), h))
 
+    norm_rotary_specs, norm_rotary_args = _norm_rotary_operands(
+        q_scale_d, k_scale_d, cos_bld, sin_bld, (None, length), lambda i, j, q, n: (i, 0)
+    )
     acc, m, lsum = pl.pallas_call(
         kernel,
         grid=(b, k, g, splits),
@@ -640,10 +652,7 @@ def fused_prefix_attention(
             *_halves(lambda h: tokens(lambda q: g, half, h)),
             tokens(lambda q: g + 1, d, 0),
             pl.BlockSpec((None, length), lambda i, j, q, n: (i, 0)),
-            *_halves(lambda h: pl.BlockSpec((half,), lambda i, j, q, n: (h,))),
-            *_halves(lambda h: pl.BlockSpec((half,), lambda i, j, q, n: (h,))),
-            *_halves(lambda h: pl.BlockSpec((None, length, half), lambda i, j, q, n: (i, 0, h))),
-            *_halves(lambda h: pl.BlockSpec((None, length, half), lambda i, j, q, n: (i, 0, h))),
+            *norm_rotary_specs,
             pl.BlockSpec((None, None, chunk, d), lambda i, j, q, n: (i, j, n, 0)),
             pl.BlockSpec((None, None, chunk, d), lambda i, j, q, n: (i, j, n, 0)),
             pl.BlockSpec((None, chunk), lambda i, j, q, n: (i, n)),
@@ -664,14 +673,7 @@ def fused_prefix_attention(
     )(
         *(qkv_blkxd,) * 5,
         inv_rms_bl1[..., 0],
-        q_scale_d,
-        q_scale_d,
-        k_scale_d,
-        k_scale_d,
-        cos_bld,
-        cos_bld,
-        sin_bld,
-        sin_bld,
+        *norm_rotary_args,
         cache_k_bksd,
         cache_v_bksd,
         _int8(mask_bs),
