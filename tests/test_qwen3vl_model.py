@@ -1,6 +1,7 @@
 """Qwen3-VL at full size (shapes only) and tiny-size numerics options."""
 
 import contextlib
+import dataclasses
 import io
 import json
 
@@ -120,3 +121,55 @@ def test_attention_remat_policy_saves_only_attention_outputs():
     lines = [line for line in saved("attention").splitlines() if layers.ATTENTION_OUT in line]
     assert len(lines) == 1 and lines[0].startswith("f32[1,6,4,8]")
     assert vlm.attention_saveable(type("P", (), {"name": "dot_product_attention_fwd_wrapper"})())
+
+
+def test_vision_norms_folded_into_kernels_are_the_same_function():
+    """`VisionConfig.fold_norms` (the training default) moves the blocks' LayerNorm affine onto the next
+    kernels; outputs and every gradient match the plain LayerNorm (the inference layout's) in float32."""
+    cfg = qwen3vl.qwen3vl_config("tiny")
+    plain = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, fold_norms=False))
+    assert cfg.vision.fold_norms
+    arrays = image_prompt(cfg, [[(1, 4, 4)], [(1, 2, 2)]], [[5, 6, 7], [8, 9]], np.random.default_rng(2))
+    prompt = qwen3vl_inputs.prompt_inputs(cfg, **arrays)
+    args = (prompt.tokens_bl, prompt.positions_3bl, prompt.valid_bl, prompt.images, prompt.image_slots_bl)
+    params = nn.unbox(qwen3vl.Qwen3VL(cfg).init(jax.random.key(0), *args))["params"]
+    rng = np.random.default_rng(3)
+    # Non-trivial norm affines (init is scale 1, bias 0, where folding changes nothing).
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: (
+            x + rng.normal(0, 0.3, x.shape).astype(x.dtype) if "norm" in jax.tree_util.keystr(path) else x
+        ),
+        params,
+    )
+
+    def loss(p, c):
+        logits, _ = qwen3vl.Qwen3VL(c).apply({"params": p}, *args)
+        return jnp.mean(jax.nn.logsumexp(logits, -1)), logits
+
+    (l_fold, out_fold), g_fold = jax.value_and_grad(loss, has_aux=True)(params, cfg)
+    (l_plain, out_plain), g_plain = jax.value_and_grad(loss, has_aux=True)(params, plain)
+    np.testing.assert_allclose(out_fold, out_plain, atol=2e-5)
+    leaves = jax.tree_util.tree_leaves_with_path(g_plain)
+    for (path, a), b in zip(leaves, jax.tree_util.tree_leaves(g_fold), strict=True):
+        np.testing.assert_allclose(b, a, atol=2e-5, err_msg=jax.tree_util.keystr(path))
+    norm_grads = [
+        a
+        for path, a in leaves
+        if "vision" in jax.tree_util.keystr(path) and "norm1" in jax.tree_util.keystr(path)
+    ]
+    assert norm_grads and all(float(jnp.abs(a).max()) > 0 for a in norm_grads)
+
+
+def test_gelu_tanh_matches_jax_gelu_and_its_gradient():
+    x = jnp.linspace(-9.0, 9.0, 20001, dtype=jnp.float32)
+    np.testing.assert_array_equal(layers.gelu_tanh(x), jax.nn.gelu(x, approximate=True))
+    grad = jax.vmap(jax.grad(layers.gelu_tanh))(x)
+    ref = jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=True)))(x)
+    np.testing.assert_allclose(grad, ref, atol=1e-5)
+    assert float(grad[0]) == pytest.approx(0.0, abs=1e-6) and float(grad[-1]) == pytest.approx(1.0, abs=1e-6)
+    xb = x.astype(jnp.bfloat16)
+    gb = jax.grad(lambda t: layers.gelu_tanh(t).astype(jnp.float32).sum())(xb)
+    assert gb.dtype == jnp.bfloat16
+    np.testing.assert_allclose(
+        gb.astype(jnp.float32), jax.vmap(jax.grad(layers.gelu_tanh))(xb.astype(jnp.float32)), atol=2e-2
+    )

@@ -206,12 +206,15 @@ def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     and the expert (convert a checkpoint's parameters with `unstack_for_inference`), and on a GPU the
     fused Pallas attention kernels in the text decoder's decode steps and the expert's flow steps.
     The ViT stays scanned: it is compute-bound (unstacking it measured no faster, and compiles
-    slower)."""
+    slower); its LayerNorms apply their own affine (`VisionConfig.fold_norms` off: a training-time
+    saving that would cost a kernel product per call here)."""
     flat = dict(scan_layers=False, fused_projections=True)
     impl = decode_attention.default_impl()
     text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=impl)
+    vision = dataclasses.replace(cfg.vlm.vision, fold_norms=False)
     expert = dataclasses.replace(cfg.expert, **flat, prefix_attention=impl)
-    return dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, text=text), expert=expert)
+    vlm = dataclasses.replace(cfg.vlm, text=text, vision=vision)
+    return dataclasses.replace(cfg, vlm=vlm, expert=expert)
 
 
 def unstack_for_inference(params: Any, cfg: AlpamayoConfig) -> Any:

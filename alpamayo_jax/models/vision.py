@@ -49,6 +49,12 @@ class VisionConfig:
     remat: str = "none"
     attention_impl: str | None = None
     scan_unroll: int = 1
+    # The blocks' LayerNorm affines applied to the next kernels (`LayerNorm(affine_to_next=True)`): the
+    # same function; in training the backward pass loses the affine's column reductions over all
+    # patches (measured: ar1_2b train step at batch 12, 42.5% -> 43.2% MFU on an H100). The inference
+    # layout turns it off (forward only: the affine fuses into the norm's kernel there, and the
+    # per-call kernel product would be extra work).
+    fold_norms: bool = True
 
     @property
     def patch_dim(self) -> int:
@@ -153,26 +159,33 @@ class VisionBlock(nn.Module):
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dense = dict(dtype=dtype, param_dtype=pdtype, use_bias=True)
         x, i, taps = carry
-        h = layers.LayerNorm(1e-6, dtype, pdtype, name="norm1")(x)
+        h, affine = self._norm(x, "norm1")
         q, k, v = layers.Dense(
             (3, cfg.num_heads, cfg.head_dim),
             ("embed", "qkv", "q_heads", "head_dim"),
             name="qkv",
             split_first_output=True,
             **dense,
-        )(h)
+        )(h, affine)
         q = layers.apply_rotary(q, cos, sin)
         k = layers.apply_rotary(k, cos, sin)
         attn = layers.attention(q, k, v, None, implementation=cfg.attention_impl, kv_lengths_b=lengths_i)
         attn = attn.reshape(*attn.shape[:2], cfg.width)
         x = x + layers.Dense(cfg.width, ("q_heads_head_dim", "embed"), name="proj", **dense)(attn)
-        h = layers.LayerNorm(1e-6, dtype, pdtype, name="norm2")(x)
-        h = layers.Dense(cfg.mlp_dim, ("embed", "mlp"), name="fc1", **dense)(h)
-        h = nn.gelu(h, approximate=True)
+        h, affine = self._norm(x, "norm2")
+        h = layers.Dense(cfg.mlp_dim, ("embed", "mlp"), name="fc1", **dense)(h, affine)
+        h = layers.gelu_tanh(h)
         x = x + layers.Dense(cfg.width, ("mlp", "embed"), name="fc2", **dense)(h)
         x = layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
         taps = jax.lax.dynamic_update_index_in_dim(taps, x.astype(taps.dtype), deepstack_slot[i], 0)
         return (x, i + 1, taps), None
+
+    def _norm(self, x, name):
+        """(normalised x, the affine for the next Dense or None: `cfg.fold_norms`)."""
+        cfg = self.cfg
+        dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
+        norm = layers.LayerNorm(1e-6, dtype, pdtype, name=name, affine_to_next=cfg.fold_norms)(x)
+        return norm if cfg.fold_norms else (norm, None)
 
 
 class PatchMerger(nn.Module):
