@@ -49,3 +49,20 @@ def test_trainer_entry_keeps_nvlink_multicast_off():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["0", "1", "1"]
+
+
+def test_trainer_entry_adds_the_training_xla_flags_and_keeps_explicit_ones():
+    code = "import os, alpamayo_jax.train.__main__; print(os.environ['XLA_FLAGS'])"
+
+    def flags(xla_flags: str) -> list[str]:
+        env = dict(os.environ, XLA_FLAGS=xla_flags)
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split()
+
+    base = "--xla_force_host_platform_device_count=2"
+    assert flags(base) == [base, "--xla_gpu_enable_dynamic_slice_fusion=true"]
+    explicit = "--xla_gpu_enable_dynamic_slice_fusion=false"
+    assert flags(f"{base} {explicit}") == [base, explicit]

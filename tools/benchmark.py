@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     if args.what == "train":
+        host_env.add_training_xla_flags()  # as the trainer's entry point (before the backend starts)
         mesh = tuple(int(n) for n in args.mesh.split(","))
         if len(mesh) != 3:
             parser.error(f"--mesh {args.mesh!r}: three sizes data,fsdp,tensor")

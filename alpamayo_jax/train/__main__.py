@@ -7,9 +7,10 @@ let `jax.distributed.initialize` read the cluster environment: TPU pods, SLURM, 
 
 from alpamayo_jax.train import host_env
 
-# NVLink multicast (NVLS) stays off on the multi-GPU hosts; set before JAX (and NCCL) start, and
-# inherited by every process the trainer starts.
+# NVLink multicast (NVLS) stays off on the multi-GPU hosts, and the training XLA flags are on; set
+# before JAX (and NCCL) start, and inherited by every process the trainer starts.
 host_env.disable_nvlink_multicast()
+host_env.add_training_xla_flags()
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
