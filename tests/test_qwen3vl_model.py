@@ -149,6 +149,7 @@ def test_vision_norms_folded_into_kernels_are_the_same_function():
     (l_fold, out_fold), g_fold = jax.value_and_grad(loss, has_aux=True)(params, cfg)
     (l_plain, out_plain), g_plain = jax.value_and_grad(loss, has_aux=True)(params, plain)
     np.testing.assert_allclose(out_fold, out_plain, atol=2e-5)
+    np.testing.assert_allclose(l_fold, l_plain, rtol=1e-6)
     leaves = jax.tree_util.tree_leaves_with_path(g_plain)
     for (path, a), b in zip(leaves, jax.tree_util.tree_leaves(g_fold), strict=True):
         np.testing.assert_allclose(b, a, atol=2e-5, err_msg=jax.tree_util.keystr(path))
