@@ -136,12 +136,12 @@ class LayerNorm(nn.Module):
 def fold_norm_affine(
     kernel_e_: jax.Array, bias_: jax.Array | None, scale_e: jax.Array, shift_e: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """float32 (kernel, bias) of `(x_hat * scale + shift) @ kernel + bias` as a dense layer of x_hat:
-    `x_hat @ (scale * kernel) + (shift @ kernel + bias)`; kernel `[E, *F]`, bias `[*F]` or None."""
-    k32 = kernel_e_.astype(jnp.float32)
-    folded = k32 * scale_e.astype(jnp.float32).reshape(-1, *(1,) * (k32.ndim - 1))
-    bias = jnp.tensordot(shift_e.astype(jnp.float32), k32, axes=1)
-    return folded, bias if bias_ is None else bias + bias_.astype(jnp.float32)
+    """(kernel, float32 bias) of `(x_hat * scale + shift) @ kernel + bias` as a dense layer of x_hat:
+    `x_hat @ (scale * kernel) + (shift @ kernel + bias)`; kernel `[E, *F]` (its dtype kept, as
+    `fold_norm_scale`), bias `[*F]` or None."""
+    bias = jnp.tensordot(shift_e.astype(jnp.float32), kernel_e_.astype(jnp.float32), axes=1)
+    bias = bias if bias_ is None else bias + bias_.astype(jnp.float32)
+    return fold_norm_scale(kernel_e_, scale_e, axis=0), bias
 
 
 class Dense(nn.Module):
