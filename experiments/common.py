@@ -42,6 +42,10 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     # Remat: "attention" recomputes each layer but keeps the attention outputs (on one H100: ar1_2b
     # 42.2% MFU at 12 per device vs "full" 41.5% at 24, its largest batch); "full" when memory is short.
     c.model.remat = "none" if tiny else "attention"
+    # Layers: True stacks each tower's layers under one scan (one parameter set with a leading layer
+    # axis; compiles once per tower); False calls one parameter set per layer in a Python loop (longer
+    # compiles; no scan stacks of saved activations). Checkpoints are in the layout they were saved in.
+    c.model.scan_layers = True
     c.model.attention = "auto"  # auto (cuDNN flash attention on GPUs, XLA elsewhere) | cudnn | xla
     c.model.loss_weights = ml_collections.ConfigDict(dict(text_ce=1.0, traj_ce=1.0, flow=1.0))
     c.model.kind = "alpamayo"  # the trainer's model: "alpamayo" (policy) or "triplane_render" (pre-training)

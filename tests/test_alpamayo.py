@@ -223,6 +223,41 @@ def test_cached_prefix_gives_the_same_velocity_as_the_training_forward(setup):
         np.testing.assert_allclose(v_cache[b], v_full[0], atol=2e-4)
 
 
+def test_layer_loop_training_layout_matches_the_scanned_model(setup):
+    """`scan_layers=False` in every tower (ViT, text decoder, expert; the DeepStack taps taken from the
+    tap blocks' outputs) under the training remat policy: the same losses and the same gradients,
+    layer by layer, as the scanned model."""
+    _, batch, params = setup
+    scanned_cfg = alpamayo.alpamayo_config("tiny", remat="attention")
+    loop_cfg = alpamayo.alpamayo_config("tiny", remat="attention", scan_layers=False)
+    towers = (loop_cfg.vlm.vision, loop_cfg.vlm.text, loop_cfg.expert)
+    assert not any(tower.scan_layers for tower in towers)
+    flat = alpamayo.unstack_params(params, loop_cfg)
+    shapes = jax.eval_shape(
+        lambda: nn.unbox(alpamayo.Alpamayo(loop_cfg).init(jax.random.key(0), batch, jax.random.key(1)))[
+            "params"
+        ]
+    )
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(flat)
+    assert len(flat["vlm"]["vision"]["blocks"]) == loop_cfg.vlm.vision.depth
+
+    def loss_and_grad(cfg, p):
+        def loss(p):
+            out = alpamayo.Alpamayo(cfg).apply({"params": p}, batch, jax.random.key(3))
+            return out["text_ce"] + out["traj_ce"] + out["flow"]
+
+        return jax.value_and_grad(loss)(p)
+
+    ref_loss, ref_grad = loss_and_grad(scanned_cfg, params)
+    loss, grad = loss_and_grad(loop_cfg, flat)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    ref_grad = alpamayo.unstack_params(ref_grad, loop_cfg)
+    leaves = jax.tree_util.tree_leaves_with_path(grad)
+    assert len(leaves) == len(jax.tree_util.tree_leaves(ref_grad))
+    for (path, g), r in zip(leaves, jax.tree_util.tree_leaves(ref_grad), strict=True):
+        np.testing.assert_allclose(g, r, atol=2e-6, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
 @pytest.mark.parametrize("layout", ["unfused", "fused", "fused_pallas"])
 def test_unstacked_inference_layout_matches_the_scanned_model(setup, layout):
     """Per-layer layouts: unfused, fused (+ folded norms), and fused with the Pallas kernels of the
@@ -248,7 +283,7 @@ def test_unstacked_inference_layout_matches_the_scanned_model(setup, layout):
             ),
             expert=dataclasses.replace(flat_cfg.expert, prefix_attention="pallas"),
         )
-    flat = alpamayo.unstack_for_inference(params, flat_cfg)
+    flat = alpamayo.unstack_params(params, flat_cfg)
     shapes = jax.eval_shape(
         lambda: nn.unbox(alpamayo.Alpamayo(flat_cfg).init(jax.random.key(0), batch, jax.random.key(1)))[
             "params"

@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--unroll", type=int, default=1, help="layers unrolled per scan step")
-    parser.add_argument("--scan", action="store_true", help="stacked (training) layer layout")
+    parser.add_argument("--scan", action="store_true", help="infer: stacked (training) layer layout")
+    parser.add_argument(
+        "--layer-loop", action="store_true", help="train: per-layer parameters (model.scan_layers=False)"
+    )
     parser.add_argument("--unfused", action="store_true", help="separate q/k/v and gate/up kernels")
     parser.add_argument("--tokenizer", default="per_image", choices=["per_image", "triplane", "flex"])
     parser.add_argument("--triplane-patch", type=int, nargs=3, default=(8, 8, 8), help="p_x p_y p_z")
@@ -94,6 +97,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
             seq_len=args.seq_len,
             mesh=mesh,
             rules=args.rules,
+            scan_layers=not args.layer_loop,
         )
     elif args.what == "data":
         result = data.run(args.preset, batch=args.batch, reps=args.reps)

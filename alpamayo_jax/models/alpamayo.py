@@ -203,7 +203,7 @@ def alpamayo_config(
 
 def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     """`cfg` in the inference layout: per-layer parameters and fused projections in the text decoder
-    and the expert (convert a checkpoint's parameters with `unstack_for_inference`), and on a GPU the
+    and the expert (convert a checkpoint's parameters with `unstack_params`), and on a GPU the
     fused Pallas attention kernels in the text decoder's decode steps and the expert's flow steps.
     The ViT stays scanned: it is compute-bound (unstacking it measured no faster, and compiles
     slower); its LayerNorms apply their own affine (`VisionConfig.fold_norms` off: a training-time
@@ -217,11 +217,12 @@ def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     return dataclasses.replace(cfg, vlm=vlm, expert=expert)
 
 
-def unstack_for_inference(params: Any, cfg: AlpamayoConfig) -> Any:
-    """Stacked (training / checkpoint) parameters -> the inference layout of `cfg`: one parameter set
-    per layer for the text decoder and the expert (`scan_layers=False`; the ViT stays scanned), with
-    fused qkv / gate_up kernels, output-major qkv / o kernels and the pre-norms' scales folded into
-    them when `fused_projections`."""
+def unstack_params(params: Any, cfg: AlpamayoConfig) -> Any:
+    """Stacked (scanned-layout checkpoint) parameters -> the per-layer layout of `cfg`: one parameter
+    set per layer in each tower whose config has `scan_layers=False` (the text decoder, the expert, the
+    ViT), with fused qkv / gate_up kernels, output-major qkv / o kernels and the pre-norms' scales
+    folded into them when `fused_projections` (the inference layout, `inference_layout`). A tower with
+    `scan_layers=True` is passed through."""
     text_cfg, expert_cfg = cfg.vlm.text, cfg.expert
 
     def layer(p: dict, attn: str | None, heads: int) -> dict:
@@ -244,15 +245,18 @@ def unstack_for_inference(params: Any, cfg: AlpamayoConfig) -> Any:
     def flat(stacked: Any, num_layers: int, attn: str | None, heads: int) -> dict:
         return {i: layer(p, attn, heads) for i, p in unstack_layers(stacked, num_layers).items()}
 
-    text = dict(
-        params["vlm"]["text"],
-        layers=flat(params["vlm"]["text"]["layers"], text_cfg.num_layers, "attn", text_cfg.num_heads),
-    )
-    expert = dict(
-        params["expert"],
-        layers=flat(params["expert"]["layers"], expert_cfg.num_layers, None, expert_cfg.num_heads),
-    )
-    return dict(params, vlm=dict(params["vlm"], text=text), expert=expert)
+    vlm = dict(params["vlm"])
+    if not text_cfg.scan_layers:
+        layers_ = flat(vlm["text"]["layers"], text_cfg.num_layers, "attn", text_cfg.num_heads)
+        vlm["text"] = dict(vlm["text"], layers=layers_)
+    vision_cfg = cfg.vlm.vision
+    if not vision_cfg.scan_layers and "vision" in vlm:
+        vlm["vision"] = dict(vlm["vision"], blocks=unstack_layers(vlm["vision"]["blocks"], vision_cfg.depth))
+    expert = params["expert"]
+    if not expert_cfg.scan_layers:
+        layers_ = flat(expert["layers"], expert_cfg.num_layers, None, expert_cfg.num_heads)
+        expert = dict(expert, layers=layers_)
+    return dict(params, vlm=vlm, expert=expert)
 
 
 def masked_mean(x: jax.Array, weight: jax.Array) -> jax.Array:

@@ -49,6 +49,10 @@ class VisionConfig:
     remat: str = "none"
     attention_impl: str | None = None
     scan_unroll: int = 1
+    # False: one parameter set per block (`blocks/{i}`, see `vlm.unstack_layers`) in a Python loop, and
+    # the DeepStack taps are the tap blocks' outputs (no per-block write into a tap buffer). Each saved
+    # activation is its own buffer: no scan output stacks to zero-fill, write into and slice again.
+    scan_layers: bool = True
     # The blocks' LayerNorm affines applied to the next kernels (`LayerNorm(affine_to_next=True)`): the
     # same function; in training the backward pass loses the affine's column reductions over all
     # patches (measured: ar1_2b train step at batch 12, about +0.7 MFU points on an H100). The inference
@@ -149,7 +153,12 @@ def vision_cos_sin(rope_pos_in2: jax.Array, head_dim: int, theta: float) -> tupl
 
 
 class VisionBlock(nn.Module):
-    """Pre-norm ViT block in scan form; carry = (x, layer index, DeepStack buffer)."""
+    """Pre-norm ViT block in scan form; carry = (x, layer index, DeepStack buffer).
+
+    Scanned, the block writes its output into the buffer's slot `deepstack_slot[i]` (the last slot
+    collects the blocks that are not taps) and returns no output. In the per-block loop the buffer is
+    None and the block returns its output (the tower keeps the taps' and drops the rest).
+    """
 
     cfg: VisionConfig
 
@@ -177,6 +186,8 @@ class VisionBlock(nn.Module):
         h = layers.gelu_tanh(h)
         x = x + layers.Dense(cfg.width, ("mlp", "embed"), name="fc2", **dense)(h)
         x = layers.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        if taps is None:
+            return (x, i + 1, None), x
         taps = jax.lax.dynamic_update_index_in_dim(taps, x.astype(taps.dtype), deepstack_slot[i], 0)
         return (x, i + 1, taps), None
 
@@ -244,11 +255,17 @@ class VisionTower(nn.Module):
         slot_of_layer = np.full(cfg.depth, num_taps, np.int32)
         for slot, layer in enumerate(cfg.deepstack_layers):
             slot_of_layer[layer] = slot
-        taps = jnp.zeros((num_taps + 1, *x.shape), dtype)
-        blocks = scanned_layers(VisionBlock, cfg, cfg.depth, cfg.remat, "blocks", unroll=cfg.scan_unroll)
-        (x, _, taps), _ = blocks(
-            (x, jnp.zeros((), jnp.int32), taps), cos, sin, inputs.lengths_i, jnp.asarray(slot_of_layer)
+        blocks = scanned_layers(
+            VisionBlock, cfg, cfg.depth, cfg.remat, "blocks", unroll=cfg.scan_unroll, scan=cfg.scan_layers
         )
+        counter = jnp.zeros((), jnp.int32)
+        if cfg.scan_layers:
+            taps = jnp.zeros((num_taps + 1, *x.shape), dtype)
+            slots = jnp.asarray(slot_of_layer)
+            (x, _, taps), _ = blocks((x, counter, taps), cos, sin, inputs.lengths_i, slots)
+        else:
+            (x, _, _), outputs = blocks((x, counter, None), cos, sin, inputs.lengths_i, None)
+            taps = [outputs[layer] for layer in cfg.deepstack_layers]
         merged = PatchMerger(cfg, name="merger")(x)
         deepstack = jnp.stack(
             [

@@ -45,7 +45,7 @@ class TextConfig:
     scan_unroll: int = 1  # layers unrolled per scan step
     scan_layers: bool = True  # False: one parameter set per layer (inference: no per-layer weight slicing)
     # True (the inference layout): one output-major qkv and one gate_up kernel per layer, output-major o,
-    # and the pre-norms' scales folded into qkv / gate_up (`alpamayo.unstack_for_inference` converts).
+    # and the pre-norms' scales folded into qkv / gate_up (`alpamayo.unstack_params` converts).
     fused_projections: bool = False
     decode_attention: str = "xla"  # one of DECODE_ATTENTION
 

@@ -70,6 +70,7 @@ def model_config_of(model: Any):
         dtype=model.dtype,
         param_dtype=model.param_dtype,
         remat=model.remat,
+        scan_layers=model.scan_layers,
         attention_impl=attention_impl_of(model.attention),
     )
 
