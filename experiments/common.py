@@ -43,9 +43,12 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
     # 42.2% MFU at 12 per device vs "full" 41.5% at 24, its largest batch); "full" when memory is short.
     c.model.remat = "none" if tiny else "attention"
     # Layers: True stacks each tower's layers under one scan (one parameter set with a leading layer
-    # axis; compiles once per tower); False calls one parameter set per layer in a Python loop (longer
-    # compiles; no scan stacks of saved activations). Checkpoints are in the layout they were saved in.
-    c.model.scan_layers = True
+    # axis; each tower's layer compiles once); False calls one parameter set per layer in a Python loop:
+    # no scan stacks of saved activations to zero-fill, write and slice. On one H100 the ar1_2b step at
+    # batch 12: 43.1% -> 44.5% MFU in the same call, 2.6 GB less memory, but 270 s to compile instead of
+    # 24 (docs/PERFORMANCE.md). Checkpoints keep the layout they were saved in; init_from unstacks a
+    # scanned source (e.g. a converted HF checkpoint) for a per-layer run.
+    c.model.scan_layers = tiny
     c.model.attention = "auto"  # auto (cuDNN flash attention on GPUs, XLA elsewhere) | cudnn | xla
     c.model.loss_weights = ml_collections.ConfigDict(dict(text_ce=1.0, traj_ce=1.0, flow=1.0))
     c.model.kind = "alpamayo"  # the trainer's model: "alpamayo" (policy) or "triplane_render" (pre-training)

@@ -52,10 +52,14 @@ def test_trainer_entry_keeps_nvlink_multicast_off():
 
 
 def test_trainer_entry_adds_the_training_xla_flags_and_keeps_explicit_ones():
-    code = "import os, alpamayo_jax.train.__main__; print(os.environ['XLA_FLAGS'])"
+    code = (
+        "import os, alpamayo_jax.train.__main__; "
+        "print(os.environ['XLA_PYTHON_CLIENT_MEM_FRACTION']); print(os.environ['XLA_FLAGS'])"
+    )
 
-    def flags(xla_flags: str) -> list[str]:
-        env = dict(os.environ, XLA_FLAGS=xla_flags)
+    def flags(xla_flags: str, **env_vars: str) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_MEM_FRACTION"}
+        env = dict(env, XLA_FLAGS=xla_flags, **env_vars)
         out = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
         )
@@ -63,6 +67,6 @@ def test_trainer_entry_adds_the_training_xla_flags_and_keeps_explicit_ones():
         return out.stdout.split()
 
     base = "--xla_force_host_platform_device_count=2"
-    assert flags(base) == [base, "--xla_gpu_enable_dynamic_slice_fusion=true"]
+    assert flags(base) == ["0.94", base, "--xla_gpu_enable_dynamic_slice_fusion=true"]
     explicit = "--xla_gpu_enable_dynamic_slice_fusion=false"
-    assert flags(f"{base} {explicit}") == [base, explicit]
+    assert flags(f"{base} {explicit}", XLA_PYTHON_CLIENT_MEM_FRACTION="0.5") == ["0.5", base, explicit]

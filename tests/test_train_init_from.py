@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from alpamayo_jax.interop import model_dir
+from alpamayo_jax.models import alpamayo
 from alpamayo_jax.train import trainer
 from tests.train_util import leaves, tiny_config, use_compilation_cache
 
@@ -29,6 +30,30 @@ def test_init_from_restores_only_the_requested_subtrees(tmp_path):
         np.testing.assert_array_equal(x, leaves(scratch.params, "expert")[name], err_msg=name)
         if name.endswith("kernel"):  # random initialisations differ between the two runs
             assert not np.array_equal(x, leaves(source.params, "expert")[name]), name
+
+
+def test_init_from_a_scanned_checkpoint_into_a_per_layer_run(tmp_path):
+    """A scanned stage's checkpoint chained into a `model.scan_layers=False` run (the 2b/10b presets'
+    layout): every tower's stacked layers are unstacked, layer by layer, and sharded on restore."""
+    source, _ = trainer.train(_stage0(), str(tmp_path / "s0"))
+    c = tiny_config(
+        "stage1_action_injection",
+        0,
+        init_from__path=str(tmp_path / "s0"),
+        model__scan_layers=False,
+        mesh__shape=(2, 2, 2),
+        mesh__rules="fsdp_tp",
+    )
+    c.data.global_batch = 4
+    state, _ = trainer.train(c, str(tmp_path / "s1"))
+    got = leaves(state.params, "vlm")
+    assert "vlm/text/layers/1/attn/q/kernel" in got and "vlm/vision/blocks/1/fc1/kernel" in got
+    want = leaves(alpamayo.unstack_params(source.params, trainer.model_config_of(c.model)), "vlm")
+    assert got.keys() == want.keys()
+    for name, x in got.items():
+        np.testing.assert_array_equal(x, want[name], err_msg=name)
+    stacked = leaves(source.params, "vlm/text/layers")["vlm/text/layers/attn/q/kernel"]
+    np.testing.assert_array_equal(got["vlm/text/layers/1/attn/q/kernel"], stacked[1])
 
 
 def _stage0(steps=1):

@@ -1,4 +1,5 @@
-"""The same tiny run on 1 device and on 8 devices with mesh (2, 2, 2) and FSDP + TP gives the same losses."""
+"""The same tiny run on 1 device and on 8 devices with mesh (2, 2, 2) and FSDP + TP gives the same losses,
+in the scanned layer layout and in the per-layer one (`model.scan_layers=False`)."""
 
 import numpy as np
 import pytest
@@ -14,12 +15,16 @@ def cache(tmp_path_factory):
 
 def test_one_device_and_eight_device_mesh_agree(tmp_path):
     losses = {}
-    for name, shape in (("one", (1, 1, 1)), ("eight", (2, 2, 2))):
-        c = tiny_config("stage1_action_injection", 3, mesh__shape=shape, mesh__rules="fsdp_tp")
+    runs = (("one", (1, 1, 1), True), ("eight", (2, 2, 2), True), ("eight_per_layer", (2, 2, 2), False))
+    for name, shape, scan in runs:
+        c = tiny_config(
+            "stage1_action_injection", 3, mesh__shape=shape, mesh__rules="fsdp_tp", model__scan_layers=scan
+        )
         c.data.global_batch = 4
         c.checkpoint.every_steps = 10
         _, history = trainer.train(c, str(tmp_path / name))
         losses[name] = np.array([h["loss"] for h in history])
         assert len(history) == 3
     np.testing.assert_allclose(losses["eight"], losses["one"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(losses["eight_per_layer"], losses["one"], rtol=0, atol=1e-5)
     assert losses["one"][2] != losses["one"][0]

@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unroll", type=int, default=1, help="layers unrolled per scan step")
     parser.add_argument("--scan", action="store_true", help="infer: stacked (training) layer layout")
     parser.add_argument(
-        "--layer-loop", action="store_true", help="train: per-layer parameters (model.scan_layers=False)"
+        "--layers",
+        default="config",
+        choices=["config", "scan", "loop"],
+        help="train: layer layout (model.scan_layers; config: the experiment's, per-layer loop at 2b/10b)",
     )
     parser.add_argument("--unfused", action="store_true", help="separate q/k/v and gate/up kernels")
     parser.add_argument("--tokenizer", default="per_image", choices=["per_image", "triplane", "flex"])
@@ -97,7 +100,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
             seq_len=args.seq_len,
             mesh=mesh,
             rules=args.rules,
-            scan_layers=not args.layer_loop,
+            scan_layers={"config": None, "scan": True, "loop": False}[args.layers],
         )
     elif args.what == "data":
         result = data.run(args.preset, batch=args.batch, reps=args.reps)

@@ -44,7 +44,7 @@ def step_config(
     mesh: tuple[int, int, int] = (1, -1, 1),
     rules: str = "fsdp",
     devices: int = 1,
-    scan_layers: bool = True,
+    scan_layers: bool | None = None,
 ) -> Any:
     """The experiment config of `stage` at `preset` with fake release-shape input: `batch` samples per
     device on `devices` devices, mesh (data, fsdp, tensor) and the named rules table."""
@@ -55,7 +55,8 @@ def step_config(
         if seq_len:
             config.data.seq_len = seq_len
         config.model.remat = remat
-        config.model.scan_layers = scan_layers
+        if scan_layers is not None:
+            config.model.scan_layers = scan_layers
         config.mesh.shape = tuple(mesh)
         config.mesh.rules = rules
     return config
@@ -111,7 +112,7 @@ def run(
     seq_len: int | None = None,
     mesh: tuple[int, int, int] = (1, -1, 1),
     rules: str = "fsdp",
-    scan_layers: bool = True,
+    scan_layers: bool | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """Step time, tokens/s and MFU of `stage`'s train step at `preset` on this host's devices, with
@@ -156,7 +157,7 @@ def run(
         seq_len=int(host_batch.tokens_bl.shape[1]),
         tokens=tokens,
         remat=remat,
-        scan_layers=scan_layers,
+        scan_layers=config.model.scan_layers,
         attention=config.model.attention,
         step_ms=t["median_ms"],
         min_step_ms=t["min_ms"],

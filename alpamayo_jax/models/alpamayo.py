@@ -10,7 +10,7 @@ flow matching on the normalised (acceleration, curvature) controls.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -201,6 +201,20 @@ def alpamayo_config(
     )
 
 
+def scanned_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
+    """`cfg` with every tower's layers scanned and unfused: the stacked layout of checkpoints, which
+    `unstack_params` converts to `cfg`'s layout."""
+    stacked = dict(scan_layers=True, fused_projections=False)
+    text = dataclasses.replace(cfg.vlm.text, **stacked, decode_attention="xla")
+    vision = dataclasses.replace(cfg.vlm.vision, scan_layers=True)
+    expert = dataclasses.replace(cfg.expert, **stacked, prefix_attention="xla")
+    return dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, text=text, vision=vision), expert=expert)
+
+
+def is_scanned(cfg: AlpamayoConfig) -> bool:
+    return cfg.vlm.text.scan_layers and cfg.vlm.vision.scan_layers and cfg.expert.scan_layers
+
+
 def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     """`cfg` in the inference layout: per-layer parameters and fused projections in the text decoder
     and the expert (convert a checkpoint's parameters with `unstack_params`), and on a GPU the
@@ -221,8 +235,8 @@ def unstack_params(params: Any, cfg: AlpamayoConfig) -> Any:
     """Stacked (scanned-layout checkpoint) parameters -> the per-layer layout of `cfg`: one parameter
     set per layer in each tower whose config has `scan_layers=False` (the text decoder, the expert, the
     ViT), with fused qkv / gate_up kernels, output-major qkv / o kernels and the pre-norms' scales
-    folded into them when `fused_projections` (the inference layout, `inference_layout`). A tower with
-    `scan_layers=True` is passed through."""
+    folded into them when `fused_projections` (the inference layout, `inference_layout`). Scanned towers,
+    towers already per layer and towers that `params` lacks (a partial tree) are passed through."""
     text_cfg, expert_cfg = cfg.vlm.text, cfg.expert
 
     def layer(p: dict, attn: str | None, heads: int) -> dict:
@@ -245,18 +259,35 @@ def unstack_params(params: Any, cfg: AlpamayoConfig) -> Any:
     def flat(stacked: Any, num_layers: int, attn: str | None, heads: int) -> dict:
         return {i: layer(p, attn, heads) for i, p in unstack_layers(stacked, num_layers).items()}
 
-    vlm = dict(params["vlm"])
-    if not text_cfg.scan_layers:
-        layers_ = flat(vlm["text"]["layers"], text_cfg.num_layers, "attn", text_cfg.num_heads)
-        vlm["text"] = dict(vlm["text"], layers=layers_)
-    vision_cfg = cfg.vlm.vision
-    if not vision_cfg.scan_layers and "vision" in vlm:
-        vlm["vision"] = dict(vlm["vision"], blocks=unstack_layers(vlm["vision"]["blocks"], vision_cfg.depth))
-    expert = params["expert"]
-    if not expert_cfg.scan_layers:
-        layers_ = flat(expert["layers"], expert_cfg.num_layers, None, expert_cfg.num_heads)
-        expert = dict(expert, layers=layers_)
-    return dict(params, vlm=vlm, expert=expert)
+    def convert(tree: dict, key: str, scanned: bool, unstack: Callable[[Any], dict]) -> dict:
+        if scanned or key not in tree or "0" in tree[key]:  # a scanned tower, or already per layer
+            return tree
+        return dict(tree, **{key: unstack(tree[key])})
+
+    out = dict(params)
+    if "vlm" in out:
+        vlm = dict(out["vlm"])
+        if "text" in vlm:
+            vlm["text"] = convert(
+                vlm["text"],
+                "layers",
+                text_cfg.scan_layers,
+                lambda p: flat(p, text_cfg.num_layers, "attn", text_cfg.num_heads),
+            )
+        if "vision" in vlm:
+            vision_cfg = cfg.vlm.vision
+            vlm["vision"] = convert(
+                vlm["vision"], "blocks", vision_cfg.scan_layers, lambda p: unstack_layers(p, vision_cfg.depth)
+            )
+        out["vlm"] = vlm
+    if "expert" in out:
+        out["expert"] = convert(
+            out["expert"],
+            "layers",
+            expert_cfg.scan_layers,
+            lambda p: flat(p, expert_cfg.num_layers, None, expert_cfg.num_heads),
+        )
+    return out
 
 
 def masked_mean(x: jax.Array, weight: jax.Array) -> jax.Array:

@@ -183,11 +183,14 @@ def resume_or_init(
     init_state: Callable[[], TrainState],
     abstract_state: TrainState,
     spec_for: Callable[[str, tuple], Any],
+    layout: Callable[[Any], Any] = lambda params: params,
 ) -> tuple[TrainState, dict | None, str]:
     """(state, data iterator state or None, where it came from), in the resume order of the module doc.
 
     init_state: jitted scratch initialisation (directly sharded); spec_for(path, shape): the sharding
-    of a parameter path for an arbitrary shape (source checkpoints may differ in vocabulary).
+    of a parameter path for an arbitrary shape (source checkpoints may differ in vocabulary);
+    layout(params): init_from sources in this run's layer layout (a scanned checkpoint's stacked
+    layers unstacked for a `model.scan_layers=False` run).
     """
     latest = mngr.latest_step()
     if latest is not None:
@@ -213,10 +216,11 @@ def resume_or_init(
         if "vlm" in params:
             vocab = params["vlm"]["text"]["embed"]["embedding"].shape[0]
             source = _extend_vocab_if_needed(source, vocab, jax.random.key(int(np.uint32(config.seed) + 1)))
+        source = layout(source)
         params = _graft(params, source, tuple(init.subtrees), shardings)
         done.append(f"initialised {list(init.subtrees)} from {init.path}")
     if init.get("tokenizer_path"):
-        source = _restore_params_of(init.tokenizer_path, spec_for)
+        source = layout(_restore_params_of(init.tokenizer_path, spec_for))
         params = _graft(params, source, tuple(init.tokenizer_subtrees), shardings)
         done.append(f"initialised {list(init.tokenizer_subtrees)} from {init.tokenizer_path}")
     if not done:

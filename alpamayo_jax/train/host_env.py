@@ -28,8 +28,16 @@ def disable_nvlink_multicast() -> None:
 TRAIN_XLA_FLAGS = ("--xla_gpu_enable_dynamic_slice_fusion=true",)
 
 
+# Share of the GPU memory JAX's allocator takes (its default is 0.75): a training process owns its GPU.
+# The ar1_2b step's largest batch on an H100 80GB, 16 per device in the per-layer layout, peaks at
+# 71.9 GB; at 0.75 (59.6 GB) it would be 8.
+TRAIN_MEM_FRACTION = "0.94"
+
+
 def add_training_xla_flags() -> None:
-    """Appends `TRAIN_XLA_FLAGS` to XLA_FLAGS, except flags that XLA_FLAGS already sets."""
+    """Appends `TRAIN_XLA_FLAGS` to XLA_FLAGS, except flags that XLA_FLAGS already sets, and sets
+    XLA_PYTHON_CLIENT_MEM_FRACTION to `TRAIN_MEM_FRACTION` unless it is set."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", TRAIN_MEM_FRACTION)
     flags = os.environ.get("XLA_FLAGS", "").split()
     named = {flag.split("=")[0] for flag in flags}
     os.environ["XLA_FLAGS"] = " ".join(flags + [f for f in TRAIN_XLA_FLAGS if f.split("=")[0] not in named])

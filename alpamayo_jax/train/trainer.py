@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from alpamayo_jax import sharding
 from alpamayo_jax.action_space import ControlStats
+from alpamayo_jax.models import alpamayo
 from alpamayo_jax.models.alpamayo import Alpamayo, AlpamayoConfig, alpamayo_config
 from alpamayo_jax.models.triplane_render import RenderConfig, TriplanePretrain
 from alpamayo_jax.train import checkpoint, metric_collections, optimizer
@@ -168,6 +169,7 @@ class Setup:
     params_sh: Any
     abstract_state: TrainState
     spec_for: Callable[[str, tuple], NamedSharding]
+    layout: Callable[[Any], Any]
     init: Callable[[], TrainState]
     step_jit: Any
     eval_fn: Any
@@ -179,6 +181,10 @@ class Setup:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
             return self.step_jit.lower(self.abstract_state, self.global_example, key).compile()
+
+
+# The layer stacks of a scanned model (`model.scan_layers`); per layer, `{stack}/{i}/...`.
+STACKS = ("vlm/text/layers", "vlm/vision/blocks", "expert/layers")
 
 
 def build(config: Any) -> Setup:
@@ -217,7 +223,14 @@ def build(config: Any) -> Setup:
 
     def init_fn() -> TrainState:
         zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), global_example)
-        params = nn.unbox(model.init(init_rng, zeros, init_rng))["params"]
+        if isinstance(model, Alpamayo) and not alpamayo.is_scanned(model_cfg):
+            # Per-layer layout: initialised in the scanned layout and unstacked (the same values for a
+            # seed as the scanned model; XLA took minutes to compile 80 layers' initialisers one by one).
+            scanned = Alpamayo(alpamayo.scanned_layout(model_cfg))
+            stacked = nn.unbox(scanned.init(init_rng, zeros, init_rng))["params"]
+            params = alpamayo.unstack_params(stacked, model_cfg)
+        else:
+            params = nn.unbox(model.init(init_rng, zeros, init_rng))["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -243,8 +256,21 @@ def build(config: Any) -> Setup:
 
     def spec_for(path: str, shape: tuple) -> NamedSharding:
         key = path.removeprefix("params/")
-        spec = specs.get(key, PartitionSpec())
+        spec = specs.get(key) or stacked_spec(key) or PartitionSpec()
         return NamedSharding(mesh, sharding.divisible_spec(spec, shape, mesh))
+
+    def stacked_spec(key: str) -> PartitionSpec | None:
+        """A scanned checkpoint's stacked layer parameter restored for a per-layer run: layer 0's
+        spec behind the layer axis (`layout` then unstacks it)."""
+        for stack in STACKS:
+            if key.startswith(stack + "/"):
+                per_layer = specs.get(f"{stack}/0/{key.removeprefix(stack + '/')}")
+                return None if per_layer is None else PartitionSpec(None, *per_layer)
+        return None
+
+    def layout(params: Any) -> Any:
+        """Restored parameters (either layer layout) -> this run's."""
+        return alpamayo.unstack_params(params, model_cfg) if isinstance(model, Alpamayo) else params
 
     def jitted_init() -> TrainState:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -285,6 +311,7 @@ def build(config: Any) -> Setup:
         params_sh=params_sh,
         abstract_state=abstract_state,
         spec_for=spec_for,
+        layout=layout,
         init=jitted_init,
         step_jit=step_jit,
         eval_fn=eval_fn,
@@ -311,7 +338,7 @@ def train(config: Any, workdir: str) -> tuple[TrainState, list[dict[str, float]]
         config.checkpoint.async_save,
     )
     state, data_state, source = checkpoint.resume_or_init(
-        mngr, config, run.init, run.abstract_state, run.spec_for
+        mngr, config, run.init, run.abstract_state, run.spec_for, run.layout
     )
     if data_state is not None:
         train_iter.set_state(data_state)
