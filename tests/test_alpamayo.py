@@ -128,6 +128,13 @@ def test_full_size_presets_match_reference_parameter_counts(variant, backbone_b,
     assert transformer == sum(p.numel() for p in hf_expert.parameters()) - e.width  # no token embedding
     assert abs(count["vlm"] / 1e9 - backbone_b) < 0.25
     assert abs(count["expert"] / 1e9 - expert_b) < 0.1
+    # The per-layer training layout of the 2b/10b experiments: the scanned parameters, unstacked.
+    loop_cfg = alpamayo.alpamayo_config(variant, scan_layers=False)
+    loop_model = alpamayo.Alpamayo(loop_cfg)
+    loop = jax.eval_shape(lambda: loop_model.init(jax.random.key(0), small, jax.random.key(1)))
+    unstacked = jax.eval_shape(lambda p: alpamayo.unstack_params(p, loop_cfg), shapes)
+    assert nn.unbox(loop)["params"] == unstacked
+    assert len(unstacked["vlm"]["vision"]["blocks"]) == cfg.vlm.vision.depth
 
 
 def test_policy_outputs_and_reasoning_constraints(setup):
