@@ -132,7 +132,7 @@ def test_full_size_presets_match_reference_parameter_counts(variant, backbone_b,
     loop_cfg = alpamayo.alpamayo_config(variant, scan_layers=False)
     loop_model = alpamayo.Alpamayo(loop_cfg)
     loop = jax.eval_shape(lambda: loop_model.init(jax.random.key(0), small, jax.random.key(1)))
-    unstacked = jax.eval_shape(lambda p: alpamayo.unstack_params(p, loop_cfg), shapes)
+    unstacked = jax.eval_shape(lambda p: alpamayo.to_layout(p, loop_cfg), shapes)
     assert nn.unbox(loop)["params"] == unstacked
     assert len(unstacked["vlm"]["vision"]["blocks"]) == cfg.vlm.vision.depth
 
@@ -239,7 +239,7 @@ def test_layer_loop_training_layout_matches_the_scanned_model(setup):
     loop_cfg = alpamayo.alpamayo_config("tiny", remat="attention", scan_layers=False)
     towers = (loop_cfg.vlm.vision, loop_cfg.vlm.text, loop_cfg.expert)
     assert not any(tower.scan_layers for tower in towers)
-    flat = alpamayo.unstack_params(params, loop_cfg)
+    flat = alpamayo.to_layout(params, loop_cfg)
     shapes = jax.eval_shape(
         lambda: nn.unbox(alpamayo.Alpamayo(loop_cfg).init(jax.random.key(0), batch, jax.random.key(1)))[
             "params"
@@ -247,6 +247,10 @@ def test_layer_loop_training_layout_matches_the_scanned_model(setup):
     )
     assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(flat)
     assert len(flat["vlm"]["vision"]["blocks"]) == loop_cfg.vlm.vision.depth
+    back = alpamayo.to_layout(flat, scanned_cfg)  # and back: stacked again, exactly
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
+    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
 
     def loss_and_grad(cfg, p):
         def loss(p):
@@ -258,7 +262,7 @@ def test_layer_loop_training_layout_matches_the_scanned_model(setup):
     ref_loss, ref_grad = loss_and_grad(scanned_cfg, params)
     loss, grad = loss_and_grad(loop_cfg, flat)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    ref_grad = alpamayo.unstack_params(ref_grad, loop_cfg)
+    ref_grad = alpamayo.to_layout(ref_grad, loop_cfg)
     leaves = jax.tree_util.tree_leaves_with_path(grad)
     assert len(leaves) == len(jax.tree_util.tree_leaves(ref_grad))
     for (path, g), r in zip(leaves, jax.tree_util.tree_leaves(ref_grad), strict=True):
@@ -290,7 +294,7 @@ def test_unstacked_inference_layout_matches_the_scanned_model(setup, layout):
             ),
             expert=dataclasses.replace(flat_cfg.expert, prefix_attention="pallas"),
         )
-    flat = alpamayo.unstack_params(params, flat_cfg)
+    flat = alpamayo.to_layout(params, flat_cfg)
     shapes = jax.eval_shape(
         lambda: nn.unbox(alpamayo.Alpamayo(flat_cfg).init(jax.random.key(0), batch, jax.random.key(1)))[
             "params"

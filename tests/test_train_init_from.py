@@ -48,7 +48,7 @@ def test_init_from_a_scanned_checkpoint_into_a_per_layer_run(tmp_path):
     state, _ = trainer.train(c, str(tmp_path / "s1"))
     got = leaves(state.params, "vlm")
     assert "vlm/text/layers/1/attn/q/kernel" in got and "vlm/vision/blocks/1/fc1/kernel" in got
-    want = leaves(alpamayo.unstack_params(source.params, trainer.model_config_of(c.model)), "vlm")
+    want = leaves(alpamayo.to_layout(source.params, trainer.model_config_of(c.model)), "vlm")
     assert got.keys() == want.keys()
     for name, x in got.items():
         np.testing.assert_array_equal(x, want[name], err_msg=name)

@@ -164,6 +164,11 @@ def run(
         scan_layers=scan_layers,
         fused_projections=fused_projections and not scan_layers,
     )
+    # The ViT stays scanned, as in `alpamayo.inference_layout` (`scan_layers` is the text decoder's and
+    # the expert's layout here).
+    cfg = dataclasses.replace(
+        cfg, vlm=dataclasses.replace(cfg.vlm, vision=dataclasses.replace(cfg.vlm.vision, scan_layers=True))
+    )
     if decode_attention == "pallas" and cfg.expert.fused_projections:  # the flow steps' kernel too
         cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, prefix_attention="pallas"))
     params = init_params(cfg)

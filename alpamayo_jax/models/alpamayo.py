@@ -25,7 +25,7 @@ from alpamayo_jax.models.flex import FlexConfig, FlexTokenizer, flex_config
 from alpamayo_jax.models.qwen3vl import Qwen3VL, Qwen3VLConfig, qwen3vl_config
 from alpamayo_jax.models.qwen3vl_inputs import PromptInputs
 from alpamayo_jax.models.triplane import GridAxis, TriplaneConfig, TriplaneTokenizer, triplane_config
-from alpamayo_jax.models.vlm import unstack_layers
+from alpamayo_jax.models.vlm import stack_layers, unstack_layers
 from alpamayo_jax.trajectory_tokens import TokenLayout
 
 TRIPLANE_AXES = ("x_axis", "y_axis", "z_axis")
@@ -202,8 +202,8 @@ def alpamayo_config(
 
 
 def scanned_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
-    """`cfg` with every tower's layers scanned and unfused: the stacked layout of checkpoints, which
-    `unstack_params` converts to `cfg`'s layout."""
+    """`cfg` with every tower's layers scanned and unfused (stacked parameters; `to_layout` converts
+    them to any other layout)."""
     stacked = dict(scan_layers=True, fused_projections=False)
     text = dataclasses.replace(cfg.vlm.text, **stacked, decode_attention="xla")
     vision = dataclasses.replace(cfg.vlm.vision, scan_layers=True)
@@ -217,7 +217,7 @@ def is_scanned(cfg: AlpamayoConfig) -> bool:
 
 def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     """`cfg` in the inference layout: per-layer parameters and fused projections in the text decoder
-    and the expert (convert a checkpoint's parameters with `unstack_params`), and on a GPU the
+    and the expert (convert a checkpoint's parameters with `to_layout`), and on a GPU the
     fused Pallas attention kernels in the text decoder's decode steps and the expert's flow steps.
     The ViT stays scanned: it is compute-bound (unstacking it measured no faster, and compiles
     slower); its LayerNorms apply their own affine (`VisionConfig.fold_norms` off: a training-time
@@ -225,18 +225,19 @@ def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     flat = dict(scan_layers=False, fused_projections=True)
     impl = decode_attention.default_impl()
     text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=impl)
-    vision = dataclasses.replace(cfg.vlm.vision, fold_norms=False)
+    vision = dataclasses.replace(cfg.vlm.vision, scan_layers=True, fold_norms=False)
     expert = dataclasses.replace(cfg.expert, **flat, prefix_attention=impl)
     vlm = dataclasses.replace(cfg.vlm, text=text, vision=vision)
     return dataclasses.replace(cfg, vlm=vlm, expert=expert)
 
 
-def unstack_params(params: Any, cfg: AlpamayoConfig) -> Any:
-    """Stacked (scanned-layout checkpoint) parameters -> the per-layer layout of `cfg`: one parameter
-    set per layer in each tower whose config has `scan_layers=False` (the text decoder, the expert, the
-    ViT), with fused qkv / gate_up kernels, output-major qkv / o kernels and the pre-norms' scales
-    folded into them when `fused_projections` (the inference layout, `inference_layout`). Scanned towers,
-    towers already per layer and towers that `params` lacks (a partial tree) are passed through."""
+def to_layout(params: Any, cfg: AlpamayoConfig) -> Any:
+    """Parameters in a training layout (each tower stacked, or per layer) -> the layout of `cfg`: a
+    tower whose config has `scan_layers=True` stacked (`[layers, ...]` leaves), one with
+    `scan_layers=False` one parameter set per layer (`{i}/...`), with fused qkv / gate_up kernels,
+    output-major qkv / o kernels and the pre-norms' scales folded into them when `fused_projections`
+    (the inference layout, `inference_layout`). Towers that `params` lacks (a partial tree) are
+    skipped."""
     text_cfg, expert_cfg = cfg.vlm.text, cfg.expert
 
     def layer(p: dict, attn: str | None, heads: int) -> dict:
@@ -259,11 +260,17 @@ def unstack_params(params: Any, cfg: AlpamayoConfig) -> Any:
     def flat(stacked: Any, num_layers: int, attn: str | None, heads: int) -> dict:
         return {i: layer(p, attn, heads) for i, p in unstack_layers(stacked, num_layers).items()}
 
-    def convert(tree: dict, key: str, scanned: bool, unstack: Callable[[Any], dict]) -> dict:
-        if scanned or key not in tree or "0" in tree[key]:  # a scanned tower, or already per layer
+    def convert(tree: dict, key: str, scanned: bool, num_layers: int, unstack: Callable[[Any], dict]) -> dict:
+        if key not in tree:
             return tree
-        return dict(tree, **{key: unstack(tree[key])})
+        stack = tree[key]
+        if "0" in stack:  # per layer: stacked again first
+            if "gate_up" in stack["0"].get("mlp", {}):
+                raise ValueError(f"{key}: fused inference-layout parameters; convert from a training layout")
+            stack = stack_layers(stack, num_layers)
+        return dict(tree, **{key: stack if scanned else unstack(stack)})
 
+    text_cfg, vision_cfg = cfg.vlm.text, cfg.vlm.vision
     out = dict(params)
     if "vlm" in out:
         vlm = dict(out["vlm"])
@@ -272,12 +279,16 @@ def unstack_params(params: Any, cfg: AlpamayoConfig) -> Any:
                 vlm["text"],
                 "layers",
                 text_cfg.scan_layers,
+                text_cfg.num_layers,
                 lambda p: flat(p, text_cfg.num_layers, "attn", text_cfg.num_heads),
             )
         if "vision" in vlm:
-            vision_cfg = cfg.vlm.vision
             vlm["vision"] = convert(
-                vlm["vision"], "blocks", vision_cfg.scan_layers, lambda p: unstack_layers(p, vision_cfg.depth)
+                vlm["vision"],
+                "blocks",
+                vision_cfg.scan_layers,
+                vision_cfg.depth,
+                lambda p: unstack_layers(p, vision_cfg.depth),
             )
         out["vlm"] = vlm
     if "expert" in out:
@@ -285,6 +296,7 @@ def unstack_params(params: Any, cfg: AlpamayoConfig) -> Any:
             out["expert"],
             "layers",
             expert_cfg.scan_layers,
+            expert_cfg.num_layers,
             lambda p: flat(p, expert_cfg.num_layers, None, expert_cfg.num_heads),
         )
     return out

@@ -45,7 +45,7 @@ class TextConfig:
     scan_unroll: int = 1  # layers unrolled per scan step
     scan_layers: bool = True  # False: one parameter set per layer (inference: no per-layer weight slicing)
     # True (the inference layout): one output-major qkv and one gate_up kernel per layer, output-major o,
-    # and the pre-norms' scales folded into qkv / gate_up (`alpamayo.unstack_params` converts).
+    # and the pre-norms' scales folded into qkv / gate_up (`alpamayo.to_layout` converts).
     fused_projections: bool = False
     decode_attention: str = "xla"  # one of DECODE_ATTENTION
 
@@ -385,6 +385,11 @@ def _layer_slice(x: Any, i: int) -> Any:
     if isinstance(x, tuple):
         return x[i]
     return jax.tree_util.tree_map(lambda a: a[i], x)
+
+
+def stack_layers(params: Any, num_layers: int) -> Any:
+    """`{"0": {leaf: ...}, ...}` (`scan=False`) -> stacked `{leaf: [L, ...]}` (nn.scan's layout)."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *(params[str(i)] for i in range(num_layers)))
 
 
 def unstack_layers(params: Any, num_layers: int) -> Any:

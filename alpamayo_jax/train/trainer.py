@@ -228,7 +228,7 @@ def build(config: Any) -> Setup:
             # seed as the scanned model; XLA took minutes to compile 80 layers' initialisers one by one).
             scanned = Alpamayo(alpamayo.scanned_layout(model_cfg))
             stacked = nn.unbox(scanned.init(init_rng, zeros, init_rng))["params"]
-            params = alpamayo.unstack_params(stacked, model_cfg)
+            params = alpamayo.to_layout(stacked, model_cfg)
         else:
             params = nn.unbox(model.init(init_rng, zeros, init_rng))["params"]
         return TrainState(
@@ -270,7 +270,7 @@ def build(config: Any) -> Setup:
 
     def layout(params: Any) -> Any:
         """Restored parameters (either layer layout) -> this run's."""
-        return alpamayo.unstack_params(params, model_cfg) if isinstance(model, Alpamayo) else params
+        return alpamayo.to_layout(params, model_cfg) if isinstance(model, Alpamayo) else params
 
     def jitted_init() -> TrainState:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
