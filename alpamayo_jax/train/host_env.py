@@ -1,5 +1,5 @@
-"""Process environment: NVLink multicast (NVLS) stays off on multi-GPU hosts, and the XLA flags the
-training step is measured with.
+"""Process environment: NVLink multicast (NVLS) stays off on multi-GPU hosts, and the XLA flags and the
+allocator's memory fraction that the training step is measured with.
 
 Call these before JAX (and NCCL) start; child processes inherit the variables. Explicit settings in
 the environment win.
