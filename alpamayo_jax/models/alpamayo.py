@@ -238,7 +238,7 @@ def to_layout(params: Any, cfg: AlpamayoConfig) -> Any:
     output-major qkv / o kernels and the pre-norms' scales folded into them when `fused_projections`
     (the inference layout, `inference_layout`). Towers that `params` lacks (a partial tree) are
     skipped."""
-    text_cfg, expert_cfg = cfg.vlm.text, cfg.expert
+    text_cfg, vision_cfg, expert_cfg = cfg.vlm.text, cfg.vlm.vision, cfg.expert
 
     def layer(p: dict, attn: str | None, heads: int) -> dict:
         if not text_cfg.fused_projections:
@@ -270,7 +270,6 @@ def to_layout(params: Any, cfg: AlpamayoConfig) -> Any:
             stack = stack_layers(stack, num_layers)
         return dict(tree, **{key: stack if scanned else unstack(stack)})
 
-    text_cfg, vision_cfg = cfg.vlm.text, cfg.vlm.vision
     out = dict(params)
     if "vlm" in out:
         vlm = dict(out["vlm"])

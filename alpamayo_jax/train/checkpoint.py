@@ -190,7 +190,7 @@ def resume_or_init(
     init_state: jitted scratch initialisation (directly sharded); spec_for(path, shape): the sharding
     of a parameter path for an arbitrary shape (source checkpoints may differ in vocabulary);
     layout(params): init_from sources in this run's layer layout (a scanned checkpoint's stacked
-    layers unstacked for a `model.scan_layers=False` run).
+    layers unstacked for a `model.scan_layers=False` run, or the other way round).
     """
     latest = mngr.latest_step()
     if latest is not None:
