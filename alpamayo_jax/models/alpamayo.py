@@ -10,6 +10,7 @@ flow matching on the normalised (acceleration, curvature) controls.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -260,45 +261,45 @@ def to_layout(params: Any, cfg: AlpamayoConfig) -> Any:
     def flat(stacked: Any, num_layers: int, attn: str | None, heads: int) -> dict:
         return {i: layer(p, attn, heads) for i, p in unstack_layers(stacked, num_layers).items()}
 
-    def convert(tree: dict, key: str, scanned: bool, num_layers: int, unstack: Callable[[Any], dict]) -> dict:
-        if key not in tree:
-            return tree
-        stack = tree[key]
+    def convert(stack: dict, scanned: bool, num_layers: int, unstack: Callable[[Any], dict]) -> dict:
         if "0" in stack:  # per layer: stacked again first
             if "gate_up" in stack["0"].get("mlp", {}):
-                raise ValueError(f"{key}: fused inference-layout parameters; convert from a training layout")
+                raise ValueError("fused inference-layout parameters; convert from a training layout")
             stack = stack_layers(stack, num_layers)
-        return dict(tree, **{key: stack if scanned else unstack(stack)})
+        return stack if scanned else unstack(stack)
 
-    out = dict(params)
-    if "vlm" in out:
-        vlm = dict(out["vlm"])
-        if "text" in vlm:
-            vlm["text"] = convert(
-                vlm["text"],
-                "layers",
-                text_cfg.scan_layers,
-                text_cfg.num_layers,
-                lambda p: flat(p, text_cfg.num_layers, "attn", text_cfg.num_heads),
-            )
-        if "vision" in vlm:
-            vlm["vision"] = convert(
-                vlm["vision"],
-                "blocks",
-                vision_cfg.scan_layers,
-                vision_cfg.depth,
-                lambda p: unstack_layers(p, vision_cfg.depth),
-            )
-        out["vlm"] = vlm
-    if "expert" in out:
-        out["expert"] = convert(
-            out["expert"],
-            "layers",
+    def at(tree: dict, path: tuple[str, ...], fn: Callable[[dict], dict]) -> dict:
+        """`tree` with fn applied to the subtree at `path` (unchanged where the path is missing)."""
+        head, *rest = path
+        if head not in tree:
+            return tree
+        return dict(tree, **{head: at(tree[head], tuple(rest), fn) if rest else fn(tree[head])})
+
+    stacks = (  # (path, scanned in cfg, layers, per-layer conversion of the stack)
+        (
+            ("vlm", "text", "layers"),
+            text_cfg.scan_layers,
+            text_cfg.num_layers,
+            lambda p: flat(p, text_cfg.num_layers, "attn", text_cfg.num_heads),
+        ),
+        (
+            ("vlm", "vision", "blocks"),
+            vision_cfg.scan_layers,
+            vision_cfg.depth,
+            lambda p: unstack_layers(p, vision_cfg.depth),
+        ),
+        (
+            ("expert", "layers"),
             expert_cfg.scan_layers,
             expert_cfg.num_layers,
             lambda p: flat(p, expert_cfg.num_layers, None, expert_cfg.num_heads),
+        ),
+    )
+    for path, scanned, num_layers, unstack in stacks:
+        params = at(
+            params, path, functools.partial(convert, scanned=scanned, num_layers=num_layers, unstack=unstack)
         )
-    return out
+    return params
 
 
 def masked_mean(x: jax.Array, weight: jax.Array) -> jax.Array:
