@@ -202,6 +202,12 @@ def alpamayo_config(
     )
 
 
+# Parameter paths of the layer stacks: `{path}/{leaf}` `[layers, ...]` in a scanned tower,
+# `{path}/{i}/{leaf}` per layer (`to_layout` converts between them).
+LAYER_STACKS = ("vlm/text/layers", "vlm/vision/blocks", "expert/layers")
+TEXT_LAYERS, VISION_BLOCKS, EXPERT_LAYERS = LAYER_STACKS
+
+
 def scanned_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     """`cfg` with every tower's layers scanned and unfused (stacked parameters; `to_layout` converts
     them to any other layout)."""
@@ -268,28 +274,28 @@ def to_layout(params: Any, cfg: AlpamayoConfig) -> Any:
             stack = stack_layers(stack, num_layers)
         return stack if scanned else unstack(stack)
 
-    def at(tree: dict, path: tuple[str, ...], fn: Callable[[dict], dict]) -> dict:
-        """`tree` with fn applied to the subtree at `path` (unchanged where the path is missing)."""
-        head, *rest = path
+    def at(tree: dict, path: str, fn: Callable[[dict], dict]) -> dict:
+        """`tree` with fn applied to the subtree at '/'-joined `path` (unchanged where it is missing)."""
+        head, _, rest = path.partition("/")
         if head not in tree:
             return tree
-        return dict(tree, **{head: at(tree[head], tuple(rest), fn) if rest else fn(tree[head])})
+        return dict(tree, **{head: at(tree[head], rest, fn) if rest else fn(tree[head])})
 
     stacks = (  # (path, scanned in cfg, layers, per-layer conversion of the stack)
         (
-            ("vlm", "text", "layers"),
+            TEXT_LAYERS,
             text_cfg.scan_layers,
             text_cfg.num_layers,
             lambda p: flat(p, text_cfg.num_layers, "attn", text_cfg.num_heads),
         ),
         (
-            ("vlm", "vision", "blocks"),
+            VISION_BLOCKS,
             vision_cfg.scan_layers,
             vision_cfg.depth,
             lambda p: unstack_layers(p, vision_cfg.depth),
         ),
         (
-            ("expert", "layers"),
+            EXPERT_LAYERS,
             expert_cfg.scan_layers,
             expert_cfg.num_layers,
             lambda p: flat(p, expert_cfg.num_layers, None, expert_cfg.num_heads),

@@ -183,10 +183,6 @@ class Setup:
             return self.step_jit.lower(self.abstract_state, self.global_example, key).compile()
 
 
-# The layer stacks of a scanned model (`model.scan_layers`); per layer, `{stack}/{i}/...`.
-STACKS = ("vlm/text/layers", "vlm/vision/blocks", "expert/layers")
-
-
 def build(config: Any) -> Setup:
     """Mesh, input, model, shardings and the jitted functions of `config` (no compute yet)."""
     mesh = mesh_of(config.mesh)
@@ -256,13 +252,13 @@ def build(config: Any) -> Setup:
 
     def spec_for(path: str, shape: tuple) -> NamedSharding:
         key = path.removeprefix("params/")
-        spec = specs.get(key) or stacked_spec(key) or PartitionSpec()
+        spec = specs[key] if key in specs else stacked_spec(key) or PartitionSpec()
         return NamedSharding(mesh, sharding.divisible_spec(spec, shape, mesh))
 
     def stacked_spec(key: str) -> PartitionSpec | None:
         """A scanned checkpoint's stacked layer parameter restored for a per-layer run: layer 0's
         spec behind the layer axis (`layout` then unstacks it)."""
-        for stack in STACKS:
+        for stack in alpamayo.LAYER_STACKS:
             if key.startswith(stack + "/"):
                 per_layer = specs.get(f"{stack}/0/{key.removeprefix(stack + '/')}")
                 return None if per_layer is None else PartitionSpec(None, *per_layer)
