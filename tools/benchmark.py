@@ -49,9 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--decode-attention", default=None, choices=["xla", "pallas"], help="default: pallas on GPU"
     )
-    parser.add_argument(
-        "--decode-mlp", default=None, choices=["xla", "pallas"], help="default: as --decode-attention"
-    )
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--unroll", type=int, default=1, help="layers unrolled per scan step")
     parser.add_argument("--scan", action="store_true", help="infer: stacked (training) layer layout")
@@ -116,7 +113,6 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
             reps=args.reps,
             attention_impl=args.attention,
             decode_attention=args.decode_attention,
-            decode_mlp=args.decode_mlp,
             dtype=args.dtype,
             unroll=args.unroll,
             scan_layers=args.scan,

@@ -131,7 +131,6 @@ def run(
     reps: int = 10,
     attention_impl: str | None = None,
     decode_attention: str | None = None,
-    decode_mlp: str | None = None,
     dtype: str = "bfloat16",
     unroll: int = 1,
     scan_layers: bool = False,
@@ -144,16 +143,13 @@ def run(
     """`scan_layers=False, fused_projections=True` is the inference layout (one parameter set per layer,
     one qkv and one gate_up GEMM per layer); `unroll` applies to scanned towers. `decode_attention`:
     the text decoder's attention over the cache per decode step (xla, or pallas: the default on a GPU,
-    as in `alpamayo.inference_layout`); `decode_mlp`: a decode step's MLP (xla GEMVs, or pallas: one
-    `decode_mlp` kernel; default: as `decode_attention`). `tokenizer`:
+    as in `alpamayo.inference_layout`). `tokenizer`:
     per_image, triplane (patch `triplane_patch`; `triplane_half_planes`: the front half of each plane,
     for front-only rigs) or flex (`flex_tokens` per image)."""
     if attention_impl is None:
         attention_impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
     if decode_attention is None:
         decode_attention = decode_attention_lib.default_impl(scan_layers)
-    if decode_mlp is None:
-        decode_mlp = decode_attention
     shapes = TINY_SHAPES if preset == "tiny" else RELEASE_SHAPES
     cfg = alpamayo.alpamayo_config(
         preset,
@@ -164,7 +160,6 @@ def run(
         param_dtype=dtype,
         attention_impl=attention_impl,
         decode_attention=decode_attention,
-        decode_mlp=decode_mlp,
         scan_unroll=unroll,
         scan_layers=scan_layers,
         fused_projections=fused_projections and not scan_layers,
@@ -190,7 +185,6 @@ def run(
         dtype=dtype,
         attention_impl=attention_impl,
         decode_attention=decode_attention,
-        decode_mlp=decode_mlp,
         prefix_attention=cfg.expert.prefix_attention,
         layout=dict(scan_layers=scan_layers, fused_projections=cfg.vlm.text.fused_projections),
         prefix_tokens=int(prompt.tokens_bl.shape[1]),

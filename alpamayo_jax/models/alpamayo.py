@@ -212,7 +212,7 @@ def scanned_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     """`cfg` with every tower's layers scanned and unfused (stacked parameters; `to_layout` converts
     them to any other layout)."""
     stacked = dict(scan_layers=True, fused_projections=False)
-    text = dataclasses.replace(cfg.vlm.text, **stacked, decode_attention="xla", decode_mlp="xla")
+    text = dataclasses.replace(cfg.vlm.text, **stacked, decode_attention="xla")
     vision = dataclasses.replace(cfg.vlm.vision, scan_layers=True)
     expert = dataclasses.replace(cfg.expert, **stacked, prefix_attention="xla")
     return dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, text=text, vision=vision), expert=expert)
@@ -231,7 +231,7 @@ def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     saving that would cost a kernel product per call here)."""
     flat = dict(scan_layers=False, fused_projections=True)
     impl = decode_attention.default_impl()
-    text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=impl, decode_mlp=impl)
+    text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=impl)
     vision = dataclasses.replace(cfg.vlm.vision, scan_layers=True, fold_norms=False)
     expert = dataclasses.replace(cfg.expert, **flat, prefix_attention=impl)
     vlm = dataclasses.replace(cfg.vlm, text=text, vision=vision)
@@ -252,7 +252,7 @@ def to_layout(params: Any, cfg: AlpamayoConfig) -> Any:
             return p
         # Fused kernels; the pre-norms' scales folded into them (`layers.pre_norm`).
         mlp = layers.fuse_gate_up_params(p["mlp"])
-        kernel = layers.fold_norm_scale(mlp["gate_up"]["kernel"], p["post_norm"]["scale"], axis=-1)
+        kernel = layers.fold_norm_scale(mlp["gate_up"]["kernel"], p["post_norm"]["scale"], axis=0)
         mlp = dict(mlp, gate_up={"kernel": kernel})
         qkv_owner = p if attn is None else p[attn]
         fused = layers.fuse_qkv_params(qkv_owner, heads, text_cfg.num_kv_heads)

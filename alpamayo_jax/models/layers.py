@@ -162,12 +162,9 @@ class Dense(nn.Module):
     split_first_output: bool = False
 
     @nn.compact
-    def __call__(
-        self, x: jax.Array, norm_affine: tuple[jax.Array, jax.Array] | None = None, kernel_only: bool = False
-    ) -> jax.Array:
+    def __call__(self, x: jax.Array, norm_affine: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
         """`norm_affine`: the (scale, shift) of a `LayerNorm(affine_to_next=True)` whose x_hat is `x`,
-        applied to the kernel and bias (`fold_norm_affine`). `kernel_only`: return the kernel
-        `[E, *features]` instead (no bias; for a Pallas kernel that reads it)."""
+        applied to the kernel and bias (`fold_norm_affine`)."""
         features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
         kernel_shape = (x.shape[-1], *features)
         init = self.kernel_init
@@ -176,10 +173,6 @@ class Dense(nn.Module):
         kernel = self.param(
             "kernel", nn.with_logical_partitioning(init, self.axes), kernel_shape, self.param_dtype
         )
-        if kernel_only:
-            if self.use_bias or norm_affine is not None:
-                raise ValueError("Dense(kernel_only=True) takes neither a bias nor a norm_affine")
-            return kernel
         bias = None
         if self.use_bias:
             bias = self.param(
@@ -388,8 +381,7 @@ class DenseOutMajor(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, kernel_only: bool = False) -> jax.Array:
-        """`kernel_only`: return the kernel `[*features, in]` instead (for a Pallas kernel that reads it)."""
+    def __call__(self, x: jax.Array) -> jax.Array:
         fan_out = int(np.prod(self.features))
 
         def init(rng, shape, dtype=jnp.float32):
@@ -402,8 +394,6 @@ class DenseOutMajor(nn.Module):
             (*self.features, x.shape[-1]),
             self.param_dtype,
         )
-        if kernel_only:
-            return kernel
         n = len(self.features)
         return jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=((x.ndim - 1,), (n,)))
 
@@ -462,8 +452,7 @@ def fuse_qkv_params(p: dict, num_heads: int, num_kv_heads: int) -> dict:
 
 
 def fuse_gate_up_params(p: dict) -> dict:
-    """MLP params with kernels gate, up `[E, M]` -> the fused output-major `gate_up` kernel `[2, M, E]`
-    (the units' gate rows, then their up rows: what `decode_mlp` streams)."""
-    kernel = jnp.stack([p["gate"]["kernel"].T, p["up"]["kernel"].T], axis=0)
+    """MLP params with kernels gate, up `[E, M]` -> the fused `gate_up` kernel `[E, 2, M]`."""
+    kernel = jnp.stack([p["gate"]["kernel"], p["up"]["kernel"]], axis=1)
     rest = {name: value for name, value in p.items() if name not in ("gate", "up")}
     return {**rest, "gate_up": {"kernel": kernel}}

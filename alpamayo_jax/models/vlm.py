@@ -16,7 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from alpamayo_jax.models import decode_attention, decode_mlp, layers
+from alpamayo_jax.models import decode_attention, layers
 
 # How a one-token decode step attends to the KV cache: "xla" (einsums and reductions, the reference) or
 # "pallas" (one fused flash-decoding kernel, `decode_attention.py`; interpreted off the GPU).
@@ -48,8 +48,6 @@ class TextConfig:
     # and the pre-norms' scales folded into qkv / gate_up (`alpamayo.to_layout` converts).
     fused_projections: bool = False
     decode_attention: str = "xla"  # one of DECODE_ATTENTION
-    # "pallas": a decode step's MLP is one `decode_mlp` kernel (per-layer fused layout); "xla": GEMVs.
-    decode_mlp: str = "xla"
 
     @property
     def fused_decode(self) -> bool:
@@ -59,21 +57,7 @@ class TextConfig:
         per_layer_fused = self.fused_projections and not self.scan_layers
         return self.decode_attention == "pallas" and per_layer_fused and self.width & (self.width - 1) == 0
 
-    @property
-    def mlp_kernel(self) -> bool:
-        """Decode steps run the MLP as one `decode_mlp.mlp_partials` kernel (per-layer fused layout)."""
-        return self.decode_mlp == "pallas" and self.fused_projections and not self.scan_layers
-
     def __post_init__(self):
-        if self.decode_mlp not in DECODE_ATTENTION:
-            raise ValueError(
-                f"TextConfig.decode_mlp {self.decode_mlp!r}; known: {', '.join(DECODE_ATTENTION)}"
-            )
-        if self.decode_mlp == "pallas" and self.scan_layers:  # as decode_attention below
-            raise ValueError(
-                "TextConfig.decode_mlp 'pallas' needs the per-layer layout (scan_layers=False); "
-                "the scanned layout decodes with 'xla'"
-            )
         if self.decode_attention not in DECODE_ATTENTION:
             raise ValueError(
                 f"TextConfig.decode_attention {self.decode_attention!r}; known: {', '.join(DECODE_ATTENTION)}"
@@ -278,47 +262,27 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x)); `fused`: gate and up in one output-major `[2, M, E]` kernel.
-
-    `decode_kernel` (fused layout): a one-token step of at most `decode_mlp.MAX_ROWS` rows runs as one
-    `decode_mlp` kernel that also takes the folded pre-norm's 1/RMS (`norm_eps`) from x itself."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); `fused`: gate and up in one `[E, 2, M]` kernel."""
 
     width: int
     mlp_dim: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     fused: bool = False
-    decode_kernel: bool = False
-    norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x, inv_rms_bl1=None):
         """`inv_rms_bl1`: the factor of a folded pre-norm (`layers.pre_norm`; fused layout only)."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        down = layers.Dense(self.width, ("mlp", "embed"), name="down", **kw)
         if self.fused:
-            gate_up = layers.DenseOutMajor(
-                (2, self.mlp_dim), ("gate_up", "mlp", "embed"), name="gate_up", **kw
-            )
-            if self.decode_kernel and x.ndim == 3 and x.shape[1] == 1 and x.shape[0] <= decode_mlp.MAX_ROWS:
-                tile = min(256, self.width)
-                out = decode_mlp.decode_mlp(
-                    x[:, 0].astype(self.dtype),
-                    gate_up(x, kernel_only=True).astype(self.dtype),
-                    down(jnp.zeros((1, self.mlp_dim), self.dtype), kernel_only=True).astype(self.dtype),
-                    eps=self.norm_eps,
-                    chunk=min(16, self.mlp_dim),
-                    block_k=tile,
-                    block_n=tile,
-                )
-                return out[:, None]
-            gate_up = layers.scale_rows(gate_up(x), inv_rms_bl1)
+            gate_up = layers.Dense((2, self.mlp_dim), ("embed", "gate_up", "mlp"), name="gate_up", **kw)(x)
+            gate_up = layers.scale_rows(gate_up, inv_rms_bl1)
             gate, up = gate_up[..., 0, :], gate_up[..., 1, :]
         else:
             gate = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="gate", **kw)(x)
             up = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="up", **kw)(x)
         h = layers.constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-        return down(h)
+        return layers.Dense(self.width, ("mlp", "embed"), name="down", **kw)(h)
 
 
 class DecoderLayer(nn.Module):
@@ -347,17 +311,7 @@ class DecoderLayer(nn.Module):
         )
         h = h + attn
         x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
-        mlp = MLP(
-            cfg.width,
-            cfg.mlp_dim,
-            dtype,
-            pdtype,
-            cfg.fused_projections,
-            decode_kernel=cfg.mlp_kernel,
-            norm_eps=cfg.rms_eps,
-            name="mlp",
-        )
-        h = h + mlp(x, inv_rms)
+        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
         if deepstack_nbld is not None:
             n = deepstack_nbld.shape[0]
             add = jax.lax.dynamic_index_in_dim(deepstack_nbld, jnp.minimum(i, n - 1), keepdims=False)
