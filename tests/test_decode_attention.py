@@ -291,9 +291,78 @@ def test_fused_decode_layer_attention_rejects_a_bad_input_row():
             fused(qkv, bad, scale, scale, rotary, rotary, cache, cache, mask, jnp.int32(3))
 
 
+def unfused_prefill_prologue(qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, index, eps):
+    """What the unfused inference layer does before a prefill's attention: scale rows (the folded input
+    norm), q/k RMSNorm, rotary; then the cache write of k and v at slot `index`."""
+    b, length, k, rows, d = qkv.shape
+    g = rows - 2
+    t = layers.scale_rows(qkv, inv_rms)
+
+    def norm(x, scale):
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+        return (x32 * scale).astype(x.dtype)
+
+    q = layers.apply_rotary(norm(t[:, :, :, :g], q_scale).reshape(b, length, k * g, d), cos, sin)
+    k_new = layers.apply_rotary(norm(t[:, :, :, g], k_scale), cos, sin)
+    v_new = t[:, :, :, g + 1]
+    put = functools.partial(jax.lax.dynamic_update_slice_in_dim, start_index=index, axis=2)
+    return q, k_new, v_new, put(cache_k, jnp.swapaxes(k_new, 1, 2)), put(cache_v, jnp.swapaxes(v_new, 1, 2))
+
+
+@pytest.mark.parametrize(
+    "dtype, groups, batch, length, index",
+    # 37 tokens: a last block of 5 (masked); groups 4: six rows per kv head, padded to eight.
+    [("float32", 2, 2, 37, 0), ("bfloat16", 1, 1, 48, 16), ("bfloat16", 4, 2, 37, 70)],
+)
+def test_fused_prefill_prologue_equals_the_unfused_layer(dtype, groups, batch, length, index):
+    eps, slots = 1e-6, 128
+    rng = np.random.default_rng(length + groups)
+
+    def normal(*shape, s=2.0):
+        return jnp.asarray(s * rng.standard_normal(shape), dtype)
+
+    qkv = normal(batch, length, K, groups + 2, D)
+    inv_rms = jnp.asarray(rng.uniform(0.3, 3.0, (batch, length, 1)), jnp.float32)
+    q_scale = jnp.asarray(rng.uniform(0.5, 1.5, D), jnp.float32)
+    k_scale = jnp.asarray(rng.uniform(0.5, 1.5, D), jnp.float32)
+    positions = jnp.asarray(rng.integers(0, 500, (3, batch, length)))
+    cos, sin = layers.mrope_cos_sin(positions, D, 5e6, (4, 2, 2))
+    cache_k, cache_v = normal(batch, K, slots, D), normal(batch, K, slots, D)
+    args = (qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, jnp.int32(index))
+    got = jax.jit(functools.partial(decode_attention.fused_prefill_qkv, eps=eps))(*args)
+    want = unfused_prefill_prologue(*args, eps)
+    assert [x.shape for x in got] == [x.shape for x in want]
+    assert got[0].shape == (batch, length, K * groups, D) and all(x.dtype == qkv.dtype for x in got)
+    tol = dict(atol=1e-5) if dtype == "float32" else dict(atol=1e-2, rtol=8e-3)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), **tol)
+    # Slots outside [index, index + L) keep their values exactly.
+    keep = (np.arange(slots) < index) | (np.arange(slots) >= index + length)
+    for new, old in ((got[3], cache_k), (got[4], cache_v)):
+        np.testing.assert_array_equal(np.asarray(new)[:, :, keep], np.asarray(old)[:, :, keep])
+
+
+def test_fused_prefill_prologue_rejects_bad_inputs():
+    qkv = jnp.zeros((1, 20, K, 4, D))
+    ones, rotary = jnp.ones(D), jnp.ones((1, 20, D))
+    inv, cache = jnp.ones((1, 20, 1)), jnp.zeros((1, K, 64, D))
+    fused = functools.partial(decode_attention.fused_prefill_qkv, eps=1e-6)
+    with pytest.raises(ValueError, match="cache_k_bksd"):
+        fused(qkv, inv, ones, ones, rotary, rotary, cache[:, :1], cache, 0)
+    with pytest.raises(ValueError, match="fewer than the L = 20"):
+        fused(qkv, inv, ones, ones, rotary, rotary, cache[:, :, :16], cache[:, :, :16], 0)
+    with pytest.raises(ValueError, match="dtype"):
+        fused(qkv, inv, ones, ones, rotary, rotary, cache.astype(jnp.bfloat16), cache, 0)
+    with pytest.raises(ValueError, match="inv_rms_bl1"):
+        fused(qkv, inv[:, :4], ones, ones, rotary, rotary, cache, cache, 0)
+    with pytest.raises(ValueError, match="block_l = 12"):
+        fused(qkv, inv, ones, ones, rotary, rotary, cache, cache, 0, block_l=12)
+
+
 def test_per_layer_pallas_decode_runs_the_fused_kernel():
     """The per-layer fused layout's decode step is one `decode_layer_attention` kernel and one split
-    combine kernel per layer."""
+    combine kernel per layer; its prefill one `prefill_attention_prologue` kernel per layer."""
     cfg = qwen3vl.qwen3vl_config("tiny", scan_layers=False, fused_projections=True, decode_attention="pallas")
     assert cfg.text.fused_decode
     model = qwen3vl.Qwen3VL(cfg)
@@ -308,6 +377,10 @@ def test_per_layer_pallas_decode_runs_the_fused_kernel():
     )(params, cache)
     names = [str(e.params.get("name", "")) for e in jaxpr.eqns if e.primitive.name == "pallas_call"]
     assert names == ["decode_layer_attention", "attention_split_combine"] * cfg.text.num_layers
+    # The prefill prepares its attention inputs and writes the cache in one kernel per layer.
+    jaxpr = jax.make_jaxpr(lambda p: generation.prefill(model, p, prompt, 8))(params)
+    names = [str(e.params.get("name", "")) for e in jaxpr.eqns if e.primitive.name == "pallas_call"]
+    assert names == ["prefill_attention_prologue"] * cfg.text.num_layers
 
 
 def unfused_expert_attention(qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, mask, eps):

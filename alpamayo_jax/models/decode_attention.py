@@ -315,7 +315,8 @@ def _norm_rotary(t1, t2, w1, w2, c1, c2, s1, s2, *, eps: float, dtype):
     (rotate_half(x) = [-x2, x1]); float32 in and out, rounded to `dtype` where the unfused path rounds."""
     f32 = jnp.float32
     half = t1.shape[-1]
-    norm = jax.lax.rsqrt((jnp.sum(t1 * t1, axis=1) + jnp.sum(t2 * t2, axis=1)) / (2 * half) + eps)[:, None]
+    squares = jnp.sum(t1 * t1, axis=-1, keepdims=True) + jnp.sum(t2 * t2, axis=-1, keepdims=True)
+    norm = jax.lax.rsqrt(squares / (2 * half) + eps)
     n1 = (t1 * norm * w1).astype(dtype).astype(f32)
     n2 = (t2 * norm * w2).astype(dtype).astype(f32)
     r1 = (n1 * c1 - n2 * s1).astype(dtype).astype(f32)
@@ -527,6 +528,199 @@ def fused_decode_attention(
     )
     out = _combine_splits(acc, m, lsum, qkv_bkxd.dtype, interpret)  # [B, K, G, D]
     return out.reshape(b, 1, k * g, d), cache_k, cache_v
+
+
+# --------------------------------------------------- a prefill's attention prologue and cache write, fused
+
+# Tokens per program of `fused_prefill_qkv`.
+PREFILL_BLOCK = 16
+
+
+def _prefill_kernel(
+    qkv1_ref,
+    qkv2_ref,
+    inv_rms_ref,
+    q_scale1_ref,
+    q_scale2_ref,
+    k_scale1_ref,
+    k_scale2_ref,
+    cos1_ref,
+    cos2_ref,
+    sin1_ref,
+    sin2_ref,
+    index_ref,
+    cache_k_ref,
+    cache_v_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    cache_k_out_ref,
+    cache_v_out_ref,
+    *,
+    groups: int,
+    length: int,
+    eps: float,
+):
+    """One (batch, block of T tokens, kv head): the raw fused-qkv rows `[T, R, D/2]` as their two
+    head-dim halves (R >= G + 2 rows: G queries, the key, the value; rows >= G + 2 and tokens past
+    `length` out of bounds) -> the folded input norm, q/k RMSNorms and rotary as the unfused layer
+    rounds them; writes q `[T, G, D]`, k and v `[T, D]` (the attention's inputs) and k, v into the
+    cache at slots index + t (aliased in place)."""
+    dtype = qkv1_ref.dtype
+    f32 = jnp.float32
+    block, rows, half = qkv1_ref.shape
+    first = pl.program_id(1) * block
+    token = first + jnp.arange(block)
+    in_bounds = token < length  # [T]
+    row = jnp.arange(rows)[None, :, None]
+    present = in_bounds[:, None, None] & (row < groups + 2)
+    inv = plgpu.load(inv_rms_ref, mask=in_bounds, other=0.0).astype(f32)[:, None, None]  # [T, 1, 1]
+
+    def rows_of(ref):  # the folded pre-norm, rounded as `layers.scale_rows` rounds
+        return (plgpu.load(ref, mask=present, other=0).astype(f32) * inv).astype(dtype).astype(f32)
+
+    t1, t2 = rows_of(qkv1_ref), rows_of(qkv2_ref)
+    is_q = row < groups
+    w1 = jnp.where(is_q, q_scale1_ref[...].astype(f32), k_scale1_ref[...].astype(f32))
+    w2 = jnp.where(is_q, q_scale2_ref[...].astype(f32), k_scale2_ref[...].astype(f32))
+
+    def rotary(ref):
+        return plgpu.load(ref, mask=in_bounds[:, None], other=0.0).astype(f32)[:, None, :]  # [T, 1, D/2]
+
+    r1, r2 = _norm_rotary(
+        t1,
+        t2,
+        w1,
+        w2,
+        rotary(cos1_ref),
+        rotary(cos2_ref),
+        rotary(sin1_ref),
+        rotary(sin2_ref),
+        eps=eps,
+        dtype=dtype,
+    )
+    q_mask = in_bounds[:, None, None] & is_q
+    plgpu.store(q_ref.at[:, :, pl.ds(0, half)], r1.astype(dtype), mask=q_mask)
+    plgpu.store(q_ref.at[:, :, pl.ds(half, half)], r2.astype(dtype), mask=q_mask)
+
+    def pick(x, r):  # row r of x [T, R, D/2] -> [T, D/2]
+        return jnp.sum(jnp.where(row == r, x, 0.0), axis=1).astype(dtype)
+
+    slots = pl.ds(index_ref[0] + first, block)
+    token_mask = in_bounds[:, None]
+    for x1, x2, r, out_ref, cache_ref in (
+        (r1, r2, groups, k_ref, cache_k_out_ref),
+        (t1, t2, groups + 1, v_ref, cache_v_out_ref),  # the value: the folded norm only
+    ):
+        for h, x in ((0, x1), (half, x2)):
+            value = pick(x, r)
+            plgpu.store(out_ref.at[:, pl.ds(h, half)], value, mask=token_mask)
+            plgpu.store(cache_ref.at[slots, pl.ds(h, half)], value, mask=token_mask)
+
+
+def fused_prefill_qkv(
+    qkv_blkxd: jax.Array,
+    inv_rms_bl1: jax.Array,
+    q_scale_d: jax.Array,
+    k_scale_d: jax.Array,
+    cos_bld: jax.Array,
+    sin_bld: jax.Array,
+    cache_k_bksd: jax.Array,
+    cache_v_bksd: jax.Array,
+    index: jax.Array,
+    *,
+    eps: float,
+    block_l: int = PREFILL_BLOCK,
+    interpret: bool | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """A prefill's attention inputs from the raw output of the fused output-major qkv kernel, in one kernel.
+
+    qkv `[B, L, K, G + 2, D]` (per kv head: G query rows, key, value; before the folded input norm),
+    `inv_rms_bl1 [B, L, 1]` that norm's 1/RMS, the q/k RMSNorm scales `[D]` (`eps`), rotary cos/sin
+    `[B, L, D]`, the per-layer cache k/v `[B, K, S, D]` and `index`, the slot of token 0. Equals the
+    unfused layer (scale rows, q/k norm, rotary, then the cache write of k and v at `index`), which XLA
+    runs as seven kernels (docs/PERFORMANCE.md). Returns (q `[B, L, K * G, D]`, k and v `[B, L, K, D]`,
+    cache k, cache v): the caches are updated in place (aliased); slots outside [index, index + L) keep
+    their values.
+    """
+    b, length, k, rows, d = qkv_blkxd.shape
+    g, half = rows - 2, d // 2
+    if cache_k_bksd.ndim != 4 or cache_k_bksd.shape[:2] != (b, k) or cache_k_bksd.shape[3] != d:
+        raise ValueError(f"cache_k_bksd {cache_k_bksd.shape} must be [B, K, S, D] = [{b}, {k}, S, {d}]")
+    if cache_v_bksd.shape != cache_k_bksd.shape:
+        raise ValueError(f"cache_v_bksd {cache_v_bksd.shape} must have the shape of cache_k_bksd")
+    if cache_k_bksd.dtype != qkv_blkxd.dtype or cache_v_bksd.dtype != qkv_blkxd.dtype:
+        raise ValueError(
+            f"the caches ({cache_k_bksd.dtype}, {cache_v_bksd.dtype}) must have qkv_blkxd's dtype "
+            f"{qkv_blkxd.dtype}"
+        )
+    if cache_k_bksd.shape[2] < length:
+        raise ValueError(
+            f"cache_k_bksd holds {cache_k_bksd.shape[2]} slots, fewer than the L = {length} tokens"
+        )
+    if (
+        inv_rms_bl1.shape != (b, length, 1)
+        or cos_bld.shape != (b, length, d)
+        or sin_bld.shape != (b, length, d)
+    ):
+        raise ValueError(
+            f"inv_rms_bl1 {inv_rms_bl1.shape}, cos_bld {cos_bld.shape}, sin_bld {sin_bld.shape} must be "
+            f"[{b}, {length}, 1], [{b}, {length}, {d}], [{b}, {length}, {d}]"
+        )
+    _check_norm_scales(q_scale_d, k_scale_d, d)
+    if not _is_power_of_two(d) or not _is_power_of_two(block_l):
+        raise ValueError(f"head dim D = {d} and block_l = {block_l} must be powers of two")
+    padded_rows = 1 << (rows - 1).bit_length()  # Triton blocks: powers of two (extra rows masked)
+    slots = cache_k_bksd.shape[2]
+    kernel = functools.partial(_prefill_kernel, groups=g, length=length, eps=eps)
+    norm_rotary_specs, norm_rotary_args = _norm_rotary_operands(
+        q_scale_d, k_scale_d, cos_bld, sin_bld, (None, block_l), lambda i, n, j: (i, n)
+    )
+    whole_cache = pl.BlockSpec((None, None, slots, d), lambda i, n, j: (i, j, 0, 0))
+    tokens = pl.BlockSpec((None, block_l, None, d), lambda i, n, j: (i, n, j, 0))
+    q, k_out, v_out, cache_k, cache_v = pl.pallas_call(
+        kernel,
+        grid=(b, pl.cdiv(length, block_l), k),
+        in_specs=[
+            *_halves(
+                lambda h: pl.BlockSpec(
+                    (None, block_l, None, padded_rows, half), lambda i, n, j: (i, n, j, 0, h)
+                )
+            ),
+            pl.BlockSpec((None, block_l), lambda i, n, j: (i, n)),
+            *norm_rotary_specs,
+            pl.BlockSpec((1,), lambda i, n, j: (0,)),
+            whole_cache,
+            whole_cache,
+        ],
+        out_specs=[
+            pl.BlockSpec((None, block_l, None, padded_rows, d), lambda i, n, j: (i, n, j, 0, 0)),
+            tokens,
+            tokens,
+            whole_cache,
+            whole_cache,
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((b, length, k, g, d), qkv_blkxd.dtype),
+            jax.ShapeDtypeStruct((b, length, k, d), qkv_blkxd.dtype),
+            jax.ShapeDtypeStruct((b, length, k, d), qkv_blkxd.dtype),
+            jax.ShapeDtypeStruct(cache_k_bksd.shape, cache_k_bksd.dtype),
+            jax.ShapeDtypeStruct(cache_v_bksd.shape, cache_v_bksd.dtype),
+        ],
+        input_output_aliases={12: 3, 13: 4},
+        compiler_params=plgpu.CompilerParams(num_warps=4 if padded_rows * block_l <= 64 else 8, num_stages=1),
+        interpret=_interpret(interpret),
+        name="prefill_attention_prologue",
+    )(
+        qkv_blkxd,
+        qkv_blkxd,
+        inv_rms_bl1[..., 0].astype(jnp.float32),
+        *norm_rotary_args,
+        jnp.reshape(index, (1,)).astype(jnp.int32),
+        cache_k_bksd,
+        cache_v_bksd,
+    )
+    return q.reshape(b, length, k * g, d), k_out, v_out, cache_k, cache_v
 
 
 # ------------------------------------------------------------- the action expert's attention, fused

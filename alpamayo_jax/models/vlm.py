@@ -201,7 +201,9 @@ class Attention(nn.Module):
     the cuDNN fast path). A one-token decode attends to the cache slots allowed by `cache_mask_bs`
     plus itself (through `cfg.decode_attention`); the cache is only read here (the caller writes the
     returned k/v into it), except with `cfg.fused_decode`, where one kernel also writes the new key and
-    value at slot `cache_index` and the updated cache buffers are returned in place of the k/v.
+    value at slot `cache_index` and the updated cache buffers are returned in place of the k/v. With
+    `cfg.fused_decode` a prefill (L > 1 with cache buffers) also writes its keys and values from the
+    kernel that prepares the attention's inputs (`decode_attention.fused_prefill_qkv`).
     """
 
     cfg: TextConfig
@@ -222,6 +224,21 @@ class Attention(nn.Module):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dense = dict(dtype=dtype, param_dtype=pdtype)
+        if cache_k is not None and x_bld.shape[1] > 1 and cfg.fused_decode:  # a prefill into the cache
+            q, k, v, cache_k, cache_v = decode_attention.fused_prefill_qkv(
+                layers.fused_qkv(x_bld, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, **dense),
+                inv_rms_bl1,
+                layers.RMSNormScale(pdtype, name="q_norm")(cfg.head_dim),
+                layers.RMSNormScale(pdtype, name="k_norm")(cfg.head_dim),
+                cos_bld,
+                sin_bld,
+                cache_k,
+                cache_v,
+                cache_index,
+                eps=cfg.rms_eps,
+            )
+            out = layers.causal_attention(q, k, v, valid_bl, cfg.attention_impl)
+            return layers.out_projection(out, cfg.width, True, **dense), (cache_k, cache_v)
         if cache_k is not None and x_bld.shape[1] == 1 and cfg.fused_decode:
             qkv = layers.fused_qkv(x_bld, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, **dense)
             out, cache_k, cache_v = decode_attention.fused_decode_attention(
@@ -462,8 +479,11 @@ class TextDecoder(nn.Module):
             embeds_bld.astype(self._dtype), ("activation_batch", "activation_length", "activation_embed")
         )
         decoding = cache is not None and length == 1
-        cache_k = cache.k if decoding else None
-        cache_v = cache.v if decoding else None
+        # The fused layout's layers write the cache themselves (decode steps and prefills); otherwise
+        # only a decode step reads it and the returned k/v are written here.
+        in_place = cache is not None and cfg.fused_decode
+        cache_k = cache.k if decoding or in_place else None
+        cache_v = cache.v if decoding or in_place else None
         cache_mask = None
         if decoding:
             cache_mask = cache.valid_bs & (jnp.arange(cache.valid_bs.shape[1]) < cache.index)[None]
@@ -476,11 +496,11 @@ class TextDecoder(nn.Module):
             cache_v,
             cache_mask,
             deepstack_nbld,
-            cache.index if decoding else None,
+            cache.index if decoding or in_place else None,
         )
         h = self.norm(h)
         if cache is None:
             return h, tuple(jnp.stack(x) if isinstance(x, tuple) else x for x in kv)
-        if decoding and cfg.fused_decode:
+        if in_place:
             return h, cache.advance(kv[0], kv[1], valid_bl)
         return h, cache.write(kv[0], kv[1], valid_bl)
