@@ -631,6 +631,8 @@ def fused_prefill_qkv(
     *,
     eps: float,
     block_l: int = PREFILL_BLOCK,
+    num_warps: int | None = None,
+    num_stages: int = 1,
     interpret: bool | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """A prefill's attention inputs from the raw output of the fused output-major qkv kernel, in one kernel.
@@ -641,7 +643,7 @@ def fused_prefill_qkv(
     unfused layer (scale rows, q/k norm, rotary, then the cache write of k and v at `index`), which XLA
     runs as seven kernels (docs/PERFORMANCE.md). Returns (q `[B, L, K * G, D]`, k and v `[B, L, K, D]`,
     cache k, cache v): the caches are updated in place (aliased); slots outside [index, index + L) keep
-    their values.
+    their values. `num_warps` None: 4, or 8 for more than 64 rows per program (block_l x padded G + 2).
     """
     b, length, k, rows, d = qkv_blkxd.shape
     g, half = rows - 2, d // 2
@@ -708,7 +710,9 @@ def fused_prefill_qkv(
             jax.ShapeDtypeStruct(cache_v_bksd.shape, cache_v_bksd.dtype),
         ],
         input_output_aliases={12: 3, 13: 4},
-        compiler_params=plgpu.CompilerParams(num_warps=4 if padded_rows * block_l <= 64 else 8, num_stages=1),
+        compiler_params=plgpu.CompilerParams(
+            num_warps=num_warps or (4 if padded_rows * block_l <= 64 else 8), num_stages=num_stages
+        ),
         interpret=_interpret(interpret),
         name="prefill_attention_prologue",
     )(
