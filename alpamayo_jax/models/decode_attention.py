@@ -6,8 +6,9 @@ split-K GEMM, reductions and a second GEMM (six kernels per layer). Here each pr
 (running max m, sum lsum, unnormalised accumulator acc in float32) for the G query heads of that KV
 head; a small combine merges the splits with the always-visible new token(s). The fused kernels
 below also do the layer's norms, rotary and cache write (`fused_decode_attention`: the decode
-layer, whose splits a second small Pallas kernel combines; `fused_prefix_attention`: the action
-expert's flow step, combined by XLA). On a non-GPU backend the kernels run in Pallas interpret mode
+layer, whose splits a second small Pallas kernel combines; `fused_prefill_qkv`: a prefill's
+attention inputs and cache write, no attention; `fused_prefix_attention`: the action expert's flow
+step, combined by XLA). On a non-GPU backend the kernels run in Pallas interpret mode
 (CPU tests and runs).
 """
 
