@@ -52,8 +52,9 @@ class TextConfig:
     @property
     def fused_decode(self) -> bool:
         """Decode steps run `decode_attention.fused_decode_attention` (q/k norm, rotary, the cache write
-        and the attention in one kernel): the Pallas kernel on the per-layer fused inference layout, for
-        a power-of-two width (the kernel reads the layer's input row whole for the folded norm)."""
+        and the attention in one kernel) and prefills `decode_attention.fused_prefill_qkv` (the same
+        prologue and the cache write): the Pallas kernels on the per-layer fused inference layout, for
+        a power-of-two width (the decode kernel reads the layer's input row whole for the folded norm)."""
         per_layer_fused = self.fused_projections and not self.scan_layers
         return self.decode_attention == "pallas" and per_layer_fused and self.width & (self.width - 1) == 0
 
