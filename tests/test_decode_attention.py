@@ -291,9 +291,9 @@ def test_fused_decode_layer_attention_rejects_a_bad_input_row():
             fused(qkv, bad, scale, scale, rotary, rotary, cache, cache, mask, jnp.int32(3))
 
 
-def unfused_prefill_prologue(qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, index, eps):
-    """What the unfused inference layer does before a prefill's attention: scale rows (the folded input
-    norm), q/k RMSNorm, rotary; then the cache write of k and v at slot `index`."""
+def unfused_prologue(qkv, inv_rms, q_scale, k_scale, cos, sin, eps):
+    """The unfused inference layer's attention inputs for L tokens: scale rows (the folded input norm),
+    q/k RMSNorm, rotary. Returns q `[B, L, K * G, D]`, k and v `[B, L, K, D]`."""
     b, length, k, rows, d = qkv.shape
     g = rows - 2
     t = layers.scale_rows(qkv, inv_rms)
@@ -304,8 +304,13 @@ def unfused_prefill_prologue(qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, 
         return (x32 * scale).astype(x.dtype)
 
     q = layers.apply_rotary(norm(t[:, :, :, :g], q_scale).reshape(b, length, k * g, d), cos, sin)
-    k_new = layers.apply_rotary(norm(t[:, :, :, g], k_scale), cos, sin)
-    v_new = t[:, :, :, g + 1]
+    return q, layers.apply_rotary(norm(t[:, :, :, g], k_scale), cos, sin), t[:, :, :, g + 1]
+
+
+def unfused_prefill_prologue(qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, index, eps):
+    """What the unfused inference layer does before a prefill's attention: `unfused_prologue`, then the
+    cache write of k and v at slot `index`."""
+    q, k_new, v_new = unfused_prologue(qkv, inv_rms, q_scale, k_scale, cos, sin, eps)
     put = functools.partial(jax.lax.dynamic_update_slice_in_dim, start_index=index, axis=2)
     return q, k_new, v_new, put(cache_k, jnp.swapaxes(k_new, 1, 2)), put(cache_v, jnp.swapaxes(v_new, 1, 2))
 
@@ -384,20 +389,9 @@ def test_per_layer_pallas_decode_runs_the_fused_kernel():
 
 
 def unfused_expert_attention(qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, mask, eps):
-    """The unfused expert layer's attention: scale rows, q/k RMSNorm, rotary, two-part attention over
-    the prefix cache and the L action tokens."""
-    b, length, k, rows, d = qkv.shape
-    g = rows - 2
-    t = layers.scale_rows(qkv, inv_rms)
-
-    def norm(x, scale):
-        x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-        return (x32 * scale).astype(x.dtype)
-
-    q = layers.apply_rotary(norm(t[:, :, :, :g], q_scale).reshape(b, length, k * g, d), cos, sin)
-    k_own = layers.apply_rotary(norm(t[:, :, :, g], k_scale), cos, sin)
-    v_own = t[:, :, :, g + 1]
+    """The unfused expert layer's attention: `unfused_prologue`, then two-part attention over the prefix
+    cache and the L action tokens."""
+    q, k_own, v_own = unfused_prologue(qkv, inv_rms, q_scale, k_scale, cos, sin, eps)
     return layers.two_part_attention(
         q, cache_k, cache_v, mask, jnp.swapaxes(k_own, 1, 2), jnp.swapaxes(v_own, 1, 2)
     )

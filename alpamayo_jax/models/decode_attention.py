@@ -126,6 +126,21 @@ def _check_norm_scales(q_scale_d: jax.Array, k_scale_d: jax.Array, d: int) -> No
         raise ValueError(f"q_scale_d {q_scale_d.shape} and k_scale_d {k_scale_d.shape} must be [{d}]")
 
 
+def _check_token_operands(inv_rms_bl1, q_scale_d, k_scale_d, cos_bld, sin_bld, b: int, length: int, d: int):
+    """The per-token operands of the multi-token kernels: the folded norm's 1/RMS `[B, L, 1]`, the q/k
+    norm scales `[D]` and rotary cos/sin `[B, L, D]`."""
+    if (
+        inv_rms_bl1.shape != (b, length, 1)
+        or cos_bld.shape != (b, length, d)
+        or sin_bld.shape != (b, length, d)
+    ):
+        raise ValueError(
+            f"inv_rms_bl1 {inv_rms_bl1.shape}, cos_bld {cos_bld.shape}, sin_bld {sin_bld.shape} must be "
+            f"[{b}, {length}, 1], [{b}, {length}, {d}], [{b}, {length}, {d}]"
+        )
+    _check_norm_scales(q_scale_d, k_scale_d, d)
+
+
 def _combine_kernel(acc_ref, m_ref, lsum_ref, out_ref, *, splits: int):
     """Merges one (batch, kv head)'s split partials: acc `[N', G, D]`, m and lsum `[N', G]` (blocks of
     N' = the next power of two >= N splits; rows >= N are out of bounds and masked) -> out `[G, D]`,
@@ -661,16 +676,7 @@ def fused_prefill_qkv(
         raise ValueError(
             f"cache_k_bksd holds {cache_k_bksd.shape[2]} slots, fewer than the L = {length} tokens"
         )
-    if (
-        inv_rms_bl1.shape != (b, length, 1)
-        or cos_bld.shape != (b, length, d)
-        or sin_bld.shape != (b, length, d)
-    ):
-        raise ValueError(
-            f"inv_rms_bl1 {inv_rms_bl1.shape}, cos_bld {cos_bld.shape}, sin_bld {sin_bld.shape} must be "
-            f"[{b}, {length}, 1], [{b}, {length}, {d}], [{b}, {length}, {d}]"
-        )
-    _check_norm_scales(q_scale_d, k_scale_d, d)
+    _check_token_operands(inv_rms_bl1, q_scale_d, k_scale_d, cos_bld, sin_bld, b, length, d)
     if not _is_power_of_two(d) or not _is_power_of_two(block_l):
         raise ValueError(f"head dim D = {d} and block_l = {block_l} must be powers of two")
     padded_rows = 1 << (rows - 1).bit_length()  # Triton blocks: powers of two (extra rows masked)
@@ -819,16 +825,7 @@ def fused_prefix_attention(
     b, length, k, rows, d = qkv_blkxd.shape
     g, half = rows - 2, d // 2
     _check(jax.ShapeDtypeStruct((b, k, g, d), qkv_blkxd.dtype), cache_k_bksd, cache_v_bksd, mask_bs, block_s)
-    if (
-        inv_rms_bl1.shape != (b, length, 1)
-        or cos_bld.shape != (b, length, d)
-        or sin_bld.shape != (b, length, d)
-    ):
-        raise ValueError(
-            f"inv_rms_bl1 {inv_rms_bl1.shape}, cos_bld {cos_bld.shape}, sin_bld {sin_bld.shape} must be "
-            f"[{b}, {length}, 1], [{b}, {length}, {d}], [{b}, {length}, {d}]"
-        )
-    _check_norm_scales(q_scale_d, k_scale_d, d)
+    _check_token_operands(inv_rms_bl1, q_scale_d, k_scale_d, cos_bld, sin_bld, b, length, d)
     if not _is_power_of_two(length) or length < 16:
         raise ValueError(f"qkv_blkxd has L = {length} tokens; the kernel takes a power of two >= 16")
     slots = cache_k_bksd.shape[2]
