@@ -346,6 +346,19 @@ def test_fused_prefill_prologue_equals_the_unfused_layer(dtype, groups, batch, l
     keep = (np.arange(slots) < index) | (np.arange(slots) >= index + length)
     for new, old in ((got[3], cache_k), (got[4], cache_v)):
         np.testing.assert_array_equal(np.asarray(new)[:, :, keep], np.asarray(old)[:, :, keep])
+    # Tokens past the cache's last slot are not written: the slots that exist get theirs, no others.
+    late = jnp.int32(slots - 5)
+    _, _, _, cut_k, _ = jax.jit(functools.partial(decode_attention.fused_prefill_qkv, eps=eps))(
+        *args[:-1], late
+    )
+    np.testing.assert_array_equal(
+        np.asarray(cut_k)[:, :, : slots - 5], np.asarray(cache_k)[:, :, : slots - 5]
+    )
+    np.testing.assert_allclose(
+        np.asarray(cut_k[:, :, slots - 5 :], np.float32),
+        np.asarray(jnp.swapaxes(want[1][:, :5], 1, 2), np.float32),
+        **tol,
+    )
 
 
 def test_fused_prefill_prologue_rejects_bad_inputs():

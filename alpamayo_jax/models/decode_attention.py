@@ -581,7 +581,7 @@ def _prefill_kernel(
     head-dim halves (R >= G + 2 rows: G queries, the key, the value; rows >= G + 2 and tokens past
     `length` out of bounds) -> the folded input norm, q/k RMSNorms and rotary as the unfused layer
     rounds them; writes q `[T, G, D]`, k and v `[T, D]` (the attention's inputs) and k, v into the
-    cache at slots index + t (aliased in place)."""
+    cache at slots index + t that exist (aliased in place)."""
     dtype = qkv1_ref.dtype
     f32 = jnp.float32
     block, rows, half = qkv1_ref.shape
@@ -622,8 +622,10 @@ def _prefill_kernel(
     def pick(x, r):  # row r of x [T, R, D/2] -> [T, D/2]
         return jnp.sum(jnp.where(row == r, x, 0.0), axis=1).astype(dtype)
 
-    slots = pl.ds(index_ref[0] + first, block)
+    start = index_ref[0] + first
+    slots = pl.ds(start, block)
     token_mask = in_bounds[:, None]
+    in_cache = token_mask & (start + jnp.arange(block) < cache_k_out_ref.shape[0])[:, None]
     for x1, x2, r, out_ref, cache_ref in (
         (r1, r2, groups, k_ref, cache_k_out_ref),
         (t1, t2, groups + 1, v_ref, cache_v_out_ref),  # the value: the folded norm only
@@ -631,7 +633,7 @@ def _prefill_kernel(
         for h, x in ((0, x1), (half, x2)):
             value = pick(x, r)
             plgpu.store(out_ref.at[:, pl.ds(h, half)], value, mask=token_mask)
-            plgpu.store(cache_ref.at[slots, pl.ds(h, half)], value, mask=token_mask)
+            plgpu.store(cache_ref.at[slots, pl.ds(h, half)], value, mask=in_cache)
 
 
 def fused_prefill_qkv(
@@ -659,7 +661,8 @@ def fused_prefill_qkv(
     unfused layer (scale rows, q/k norm, rotary, then the cache write of k and v at `index`), which XLA
     runs as seven kernels (docs/PERFORMANCE.md). Returns (q `[B, L, K * G, D]`, k and v `[B, L, K, D]`,
     cache k, cache v): the caches are updated in place (aliased); slots outside [index, index + L) keep
-    their values. `num_warps` None: 4, or 8 for more than 64 rows per program (block_l x padded G + 2).
+    their values, and tokens past the cache's last slot are not written (the caller sizes the cache).
+    `num_warps` None: 4, or 8 for more than 64 rows per program (block_l x padded G + 2).
     """
     b, length, k, rows, d = qkv_blkxd.shape
     g, half = rows - 2, d // 2
