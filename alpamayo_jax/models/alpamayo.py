@@ -242,9 +242,9 @@ def to_layout(params: Any, cfg: AlpamayoConfig) -> Any:
     """Parameters in a training layout (each tower stacked, or per layer) -> the layout of `cfg`: a
     tower whose config has `scan_layers=True` stacked (`[layers, ...]` leaves), one with
     `scan_layers=False` one parameter set per layer (`{i}/...`), with fused qkv / gate_up kernels,
-    output-major qkv / o kernels and the pre-norms' scales folded into them when `fused_projections`
-    (the inference layout, `inference_layout`). Towers that `params` lacks (a partial tree) are
-    skipped."""
+    output-major qkv / o / gate_up / down kernels and the pre-norms' scales folded into them when
+    `fused_projections` (the inference layout, `inference_layout`). Towers that `params` lacks (a
+    partial tree) are skipped."""
     text_cfg, vision_cfg, expert_cfg = cfg.vlm.text, cfg.vlm.vision, cfg.expert
 
     def layer(p: dict, attn: str | None, heads: int) -> dict:
@@ -252,7 +252,7 @@ def to_layout(params: Any, cfg: AlpamayoConfig) -> Any:
             return p
         # Fused kernels; the pre-norms' scales folded into them (`layers.pre_norm`).
         mlp = layers.fuse_gate_up_params(p["mlp"])
-        kernel = layers.fold_norm_scale(mlp["gate_up"]["kernel"], p["post_norm"]["scale"], axis=0)
+        kernel = layers.fold_norm_scale(mlp["gate_up"]["kernel"], p["post_norm"]["scale"], axis=-1)
         mlp = dict(mlp, gate_up={"kernel": kernel})
         qkv_owner = p if attn is None else p[attn]
         fused = layers.fuse_qkv_params(qkv_owner, heads, text_cfg.num_kv_heads)

@@ -6,6 +6,7 @@ that map them to mesh axes). Norms and softmax run in float32 whatever the compu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -316,20 +317,13 @@ def causal_attention(
 ) -> jax.Array:
     """Causal self-attention over one right-padded sequence (valid tokens first in each row).
 
-    On cuDNN this is the fused causal kernel with per-row lengths; elsewhere an explicit mask.
-    Queries on padding produce values that nothing reads.
+    On cuDNN this is the fused causal kernel alone: with the padding after the valid tokens, the causal
+    mask already hides every padded key from every valid query, so per-row lengths would only change
+    the padded rows (and cost the kernel about 10%: 108 vs 97 us per ar1_2b prefill layer on an H100).
+    Elsewhere an explicit mask. Queries on padding produce values that nothing reads.
     """
     if implementation == "cudnn":
-        lengths = valid_bl.sum(axis=1).astype(jnp.int32)
-        return jax.nn.dot_product_attention(
-            q_blhd,
-            k_blkd,
-            v_blkd,
-            is_causal=True,
-            query_seq_lengths=lengths,
-            key_value_seq_lengths=lengths,
-            implementation="cudnn",
-        )
+        return jax.nn.dot_product_attention(q_blhd, k_blkd, v_blkd, is_causal=True, implementation="cudnn")
     length = valid_bl.shape[1]
     mask = jnp.tril(jnp.ones((length, length), bool))[None] & valid_bl[:, None, :]
     return attention(q_blhd, k_blkd, v_blkd, mask, implementation=implementation)
@@ -372,8 +366,14 @@ def two_part_attention(
 class DenseOutMajor(nn.Module):
     """`x @ kernel.T` with the kernel stored output-major `[*features, in]` (`axes`: output names, then
     the input name): the inference layout of the projections that a batch-1 decode step turns into
-    matrix-vector products (XLA rewrites those small dots as multiply + reduce, which reads the
-    weight at full bandwidth only when the reduced input axis is the minor one)."""
+    matrix-vector products.
+
+    A single row (`x` holding one token) is a multiply + row reduction in float32 (`matvec`): one XLA
+    reduction fusion that reads the kernel once at bandwidth (the reduced input axis is the minor one)
+    and takes elementwise consumers (a residual add, a norm's row scale) as its epilogue. XLA rewrites
+    small dots (qkv, o) that way itself; the MLP's larger ones it would run as GEMV kernels plus
+    separate epilogue and split-K kernels (docs/PERFORMANCE.md, session 9). More rows: a dot.
+    """
 
     features: tuple[int, ...]
     axes: tuple[str, ...]
@@ -394,8 +394,17 @@ class DenseOutMajor(nn.Module):
             (*self.features, x.shape[-1]),
             self.param_dtype,
         )
-        n = len(self.features)
-        return jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=((x.ndim - 1,), (n,)))
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if math.prod(x.shape[:-1]) == 1:
+            return matvec(kernel, x)
+        return jnp.tensordot(x, kernel, axes=((x.ndim - 1,), (len(self.features),)))
+
+
+def matvec(kernel_fi: jax.Array, x_i: jax.Array) -> jax.Array:
+    """One row `x [..., I]` (every leading axis of size 1) through an output-major kernel `[*F, I]`:
+    the products and their sum over I in float32, returned `[..., *F]` in x's dtype."""
+    y_f = jnp.sum(kernel_fi.astype(jnp.float32) * x_i.reshape(-1).astype(jnp.float32), axis=-1)
+    return y_f.reshape(*x_i.shape[:-1], *kernel_fi.shape[:-1]).astype(x_i.dtype)
 
 
 def qkv_projection(
@@ -452,7 +461,8 @@ def fuse_qkv_params(p: dict, num_heads: int, num_kv_heads: int) -> dict:
 
 
 def fuse_gate_up_params(p: dict) -> dict:
-    """MLP params with kernels gate, up `[E, M]` -> the fused `gate_up` kernel `[E, 2, M]`."""
-    kernel = jnp.stack([p["gate"]["kernel"], p["up"]["kernel"]], axis=1)
-    rest = {name: value for name, value in p.items() if name not in ("gate", "up")}
-    return {**rest, "gate_up": {"kernel": kernel}}
+    """MLP params with kernels gate, up `[E, M]` and down `[M, E]` -> the fused layout of `vlm.MLP`:
+    one output-major `gate_up` kernel `[2, M, E]` and an output-major `down` kernel `[E, M]`."""
+    kernel = jnp.stack([p["gate"]["kernel"].T, p["up"]["kernel"].T])
+    rest = {name: value for name, value in p.items() if name not in ("gate", "up", "down")}
+    return {**rest, "gate_up": {"kernel": kernel}, "down": {**p["down"], "kernel": p["down"]["kernel"].T}}

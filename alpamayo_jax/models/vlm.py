@@ -280,7 +280,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x)); `fused`: gate and up in one `[E, 2, M]` kernel."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); `fused` (the inference layout): gate and up in one
+    output-major `[2, M, E]` kernel and down output-major `[E, M]` (`layers.DenseOutMajor`)."""
 
     width: int
     mlp_dim: int
@@ -293,13 +294,17 @@ class MLP(nn.Module):
         """`inv_rms_bl1`: the factor of a folded pre-norm (`layers.pre_norm`; fused layout only)."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.fused:
-            gate_up = layers.Dense((2, self.mlp_dim), ("embed", "gate_up", "mlp"), name="gate_up", **kw)(x)
+            gate_up = layers.DenseOutMajor(
+                (2, self.mlp_dim), ("gate_up", "mlp", "embed"), name="gate_up", **kw
+            )(x)
             gate_up = layers.scale_rows(gate_up, inv_rms_bl1)
             gate, up = gate_up[..., 0, :], gate_up[..., 1, :]
         else:
             gate = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="gate", **kw)(x)
             up = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="up", **kw)(x)
         h = layers.constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+        if self.fused:
+            return layers.DenseOutMajor((self.width,), ("embed", "mlp"), name="down", **kw)(h)
         return layers.Dense(self.width, ("mlp", "embed"), name="down", **kw)(h)
 
 
