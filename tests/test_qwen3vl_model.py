@@ -179,25 +179,28 @@ def test_gelu_tanh_matches_jax_gelu_and_its_gradient():
 def test_fused_mlp_is_the_checkpoint_mlp_and_one_row_runs_as_reductions():
     """The inference layout's MLP (output-major gate_up `[2, M, E]` and down `[E, M]`, from
     `layers.fuse_gate_up_params`) equals the checkpoint layout's at several rows and at one row, where
-    its projections are multiply + reduce (`layers.matvec`) rather than dots."""
+    its projections are multiply + reduce (`layers.matvec`, the residual added inside) rather than dots."""
     width, mlp_dim = 16, 24
-    x_b3e = jax.random.normal(jax.random.key(0), (1, 3, width))
+    x_b3e, residual_b3e = jax.random.normal(jax.random.key(0), (2, 1, 3, width))
     unfused = vlm.MLP(width, mlp_dim)
-    params = nn.unbox(unfused.init(jax.random.key(1), x_b3e))["params"]
+    params = nn.unbox(unfused.init(jax.random.key(1), x_b3e, residual_b3e))["params"]
     fused = vlm.MLP(width, mlp_dim, fused=True)
     fused_params = layers.fuse_gate_up_params(params)
-    shapes = jax.eval_shape(lambda: nn.unbox(fused.init(jax.random.key(1), x_b3e))["params"])
+    shapes = jax.eval_shape(lambda: nn.unbox(fused.init(jax.random.key(1), x_b3e, residual_b3e))["params"])
     assert jax.tree_util.tree_map(jnp.shape, fused_params) == jax.tree_util.tree_map(jnp.shape, shapes)
     assert fused_params["gate_up"]["kernel"].shape == (2, mlp_dim, width)
     assert fused_params["down"]["kernel"].shape == (width, mlp_dim)
-    ref = unfused.apply({"params": params}, x_b3e)
-    np.testing.assert_allclose(fused.apply({"params": fused_params}, x_b3e), ref, rtol=1e-5, atol=1e-6)
-    one_row = fused.apply({"params": fused_params}, x_b3e[:, 1:2])
+    ref = unfused.apply({"params": params}, x_b3e, residual_b3e)
+    assert float(jnp.abs(ref - residual_b3e).min()) > 0  # the MLP adds something everywhere
+    got = fused.apply({"params": fused_params}, x_b3e, residual_b3e)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    one_row = fused.apply({"params": fused_params}, x_b3e[:, 1:2], residual_b3e[:, 1:2])
     np.testing.assert_allclose(one_row, ref[:, 1:2], rtol=1e-5, atol=1e-6)
 
-    def primitives(x):
-        jaxpr = jax.make_jaxpr(lambda x: fused.apply({"params": fused_params}, x))(x)
+    def primitives(x, residual):
+        jaxpr = jax.make_jaxpr(lambda x, r: fused.apply({"params": fused_params}, x, r))(x, residual)
         return {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
 
-    assert "dot_general" not in primitives(x_b3e[:, :1]) and "reduce_sum" in primitives(x_b3e[:, :1])
-    assert "dot_general" in primitives(x_b3e)
+    one = primitives(x_b3e[:, :1], residual_b3e[:, :1])
+    assert "dot_general" not in one and "reduce_sum" in one
+    assert "dot_general" in primitives(x_b3e, residual_b3e)

@@ -366,22 +366,23 @@ def two_part_attention(
 class DenseOutMajor(nn.Module):
     """`x @ kernel.T` with the kernel stored output-major `[*features, in]` (`axes`: output names, then
     the input name): the inference layout of the projections that a batch-1 decode step turns into
-    matrix-vector products.
+    matrix-vector products (XLA rewrites the small ones, qkv and o, as multiply + reduce itself, which
+    reads the weight at full bandwidth only when the reduced input axis is the minor one).
 
-    A single row (`x` holding one token) is a multiply + row reduction in float32 (`matvec`): one XLA
-    reduction fusion that reads the kernel once at bandwidth (the reduced input axis is the minor one)
-    and takes elementwise consumers (a residual add, a norm's row scale) as its epilogue. XLA rewrites
-    small dots (qkv, o) that way itself; the MLP's larger ones it would run as GEMV kernels plus
-    separate epilogue and split-K kernels (docs/PERFORMANCE.md, session 9). More rows: a dot.
+    `row_reduce`: a single row (`x` holding one token) runs as `matvec` (multiply + row reduction in
+    float32, `residual` added inside) instead of the dot that XLA would run as a GEMV kernel with its
+    epilogue and split-K sum as separate kernels (the MLP's; docs/PERFORMANCE.md, session 9).
+    `residual` (same shape as the output) is added to the result on every path.
     """
 
     features: tuple[int, ...]
     axes: tuple[str, ...]
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    row_reduce: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, residual: jax.Array | None = None) -> jax.Array:
         fan_out = int(np.prod(self.features))
 
         def init(rng, shape, dtype=jnp.float32):
@@ -395,16 +396,19 @@ class DenseOutMajor(nn.Module):
             self.param_dtype,
         )
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if math.prod(x.shape[:-1]) == 1:
-            return matvec(kernel, x)
-        return jnp.tensordot(x, kernel, axes=((x.ndim - 1,), (len(self.features),)))
+        if self.row_reduce and math.prod(x.shape[:-1]) == 1:
+            return matvec(kernel, x, residual)
+        y = jnp.tensordot(x, kernel, axes=((x.ndim - 1,), (len(self.features),)))
+        return y if residual is None else residual + y
 
 
-def matvec(kernel_fi: jax.Array, x_i: jax.Array) -> jax.Array:
+def matvec(kernel_fi: jax.Array, x_i: jax.Array, residual: jax.Array | None = None) -> jax.Array:
     """One row `x [..., I]` (every leading axis of size 1) through an output-major kernel `[*F, I]`:
-    the products and their sum over I in float32, returned `[..., *F]` in x's dtype."""
+    the products and their sum over I in float32 (+ `residual [..., *F]`), returned in x's dtype. XLA
+    emits it as one reduction fusion with the residual add as its epilogue."""
     y_f = jnp.sum(kernel_fi.astype(jnp.float32) * x_i.reshape(-1).astype(jnp.float32), axis=-1)
-    return y_f.reshape(*x_i.shape[:-1], *kernel_fi.shape[:-1]).astype(x_i.dtype)
+    y = y_f.reshape(*x_i.shape[:-1], *kernel_fi.shape[:-1])
+    return (y if residual is None else y + residual.astype(jnp.float32)).astype(x_i.dtype)
 
 
 def qkv_projection(

@@ -280,8 +280,9 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x)); `fused` (the inference layout): gate and up in one
-    output-major `[2, M, E]` kernel and down output-major `[E, M]` (`layers.DenseOutMajor`)."""
+    """SwiGLU: residual + down(silu(gate(x)) * up(x)); `fused` (the inference layout): gate and up in
+    one output-major `[2, M, E]` kernel and down output-major `[E, M]` (`layers.DenseOutMajor`, a
+    one-token call as reductions with the residual add inside the down projection's)."""
 
     width: int
     mlp_dim: int
@@ -290,12 +291,13 @@ class MLP(nn.Module):
     fused: bool = False
 
     @nn.compact
-    def __call__(self, x, inv_rms_bl1=None):
-        """`inv_rms_bl1`: the factor of a folded pre-norm (`layers.pre_norm`; fused layout only)."""
+    def __call__(self, x, residual, inv_rms_bl1=None):
+        """`residual`: the stream the output is added to; `inv_rms_bl1`: the factor of a folded pre-norm
+        (`layers.pre_norm`; fused layout only)."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.fused:
             gate_up = layers.DenseOutMajor(
-                (2, self.mlp_dim), ("gate_up", "mlp", "embed"), name="gate_up", **kw
+                (2, self.mlp_dim), ("gate_up", "mlp", "embed"), name="gate_up", row_reduce=True, **kw
             )(x)
             gate_up = layers.scale_rows(gate_up, inv_rms_bl1)
             gate, up = gate_up[..., 0, :], gate_up[..., 1, :]
@@ -304,8 +306,9 @@ class MLP(nn.Module):
             up = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="up", **kw)(x)
         h = layers.constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
         if self.fused:
-            return layers.DenseOutMajor((self.width,), ("embed", "mlp"), name="down", **kw)(h)
-        return layers.Dense(self.width, ("mlp", "embed"), name="down", **kw)(h)
+            down = layers.DenseOutMajor((self.width,), ("embed", "mlp"), name="down", row_reduce=True, **kw)
+            return down(h, residual)
+        return residual + layers.Dense(self.width, ("mlp", "embed"), name="down", **kw)(h)
 
 
 class DecoderLayer(nn.Module):
@@ -334,7 +337,7 @@ class DecoderLayer(nn.Module):
         )
         h = h + attn
         x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
-        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
+        h = MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, h, inv_rms)
         if deepstack_nbld is not None:
             n = deepstack_nbld.shape[0]
             add = jax.lax.dynamic_index_in_dim(deepstack_nbld, jnp.minimum(i, n - 1), keepdims=False)
