@@ -179,7 +179,7 @@ def test_gelu_tanh_matches_jax_gelu_and_its_gradient():
 def test_fused_mlp_is_the_checkpoint_mlp_and_one_row_runs_as_reductions():
     """The inference layout's MLP (output-major gate_up `[2, M, E]` and down `[E, M]`, from
     `layers.fuse_gate_up_params`) equals the checkpoint layout's at several rows and at one row, where
-    its projections are multiply + reduce (`layers.matvec`, the residual added inside) rather than dots."""
+    its projections are multiply + reduce (`layers.matvec`) rather than dots."""
     width, mlp_dim = 16, 24
     x_b3e, residual_b3e = jax.random.normal(jax.random.key(0), (2, 1, 3, width))
     unfused = vlm.MLP(width, mlp_dim)

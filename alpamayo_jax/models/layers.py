@@ -370,9 +370,8 @@ class DenseOutMajor(nn.Module):
     reads the weight at full bandwidth only when the reduced input axis is the minor one).
 
     `row_reduce`: a single row (`x` holding one token) runs as `matvec` (multiply + row reduction in
-    float32, `residual` added inside) instead of the dot that XLA would run as a GEMV kernel with its
-    epilogue and split-K sum as separate kernels (the MLP's; docs/PERFORMANCE.md, session 9).
-    `residual` (same shape as the output) is added to the result on every path.
+    float32) instead of the dot that XLA would run as a GEMV kernel with its epilogue and split-K sum
+    as separate kernels (the MLP's; docs/PERFORMANCE.md, session 9).
     """
 
     features: tuple[int, ...]
@@ -382,7 +381,7 @@ class DenseOutMajor(nn.Module):
     row_reduce: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, residual: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         fan_out = int(np.prod(self.features))
 
         def init(rng, shape, dtype=jnp.float32):
@@ -397,18 +396,16 @@ class DenseOutMajor(nn.Module):
         )
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.row_reduce and math.prod(x.shape[:-1]) == 1:
-            return matvec(kernel, x, residual)
-        y = jnp.tensordot(x, kernel, axes=((x.ndim - 1,), (len(self.features),)))
-        return y if residual is None else residual + y
+            return matvec(kernel, x)
+        return jnp.tensordot(x, kernel, axes=((x.ndim - 1,), (len(self.features),)))
 
 
-def matvec(kernel_fi: jax.Array, x_i: jax.Array, residual: jax.Array | None = None) -> jax.Array:
+def matvec(kernel_fi: jax.Array, x_i: jax.Array) -> jax.Array:
     """One row `x [..., I]` (every leading axis of size 1) through an output-major kernel `[*F, I]`:
-    the products and their sum over I in float32 (+ `residual [..., *F]`), returned in x's dtype. XLA
-    emits it as one reduction fusion with the residual add as its epilogue."""
+    the products and their sum over I in float32 (one XLA reduction fusion), returned `[..., *F]` in
+    x's dtype."""
     y_f = jnp.sum(kernel_fi.astype(jnp.float32) * x_i.reshape(-1).astype(jnp.float32), axis=-1)
-    y = y_f.reshape(*x_i.shape[:-1], *kernel_fi.shape[:-1])
-    return (y if residual is None else y + residual.astype(jnp.float32)).astype(x_i.dtype)
+    return y_f.reshape(*x_i.shape[:-1], *kernel_fi.shape[:-1]).astype(x_i.dtype)
 
 
 def qkv_projection(
