@@ -181,26 +181,37 @@ def test_fused_mlp_is_the_checkpoint_mlp_and_one_row_runs_as_reductions():
     `layers.fuse_gate_up_params`) equals the checkpoint layout's at several rows and at one row, where
     its projections are multiply + reduce (`layers.matvec`) rather than dots."""
     width, mlp_dim = 16, 24
-    x_b3e, residual_b3e = jax.random.normal(jax.random.key(0), (2, 1, 3, width))
+    x_b3e = jax.random.normal(jax.random.key(0), (1, 3, width))
     unfused = vlm.MLP(width, mlp_dim)
-    params = nn.unbox(unfused.init(jax.random.key(1), x_b3e, residual_b3e))["params"]
+    params = nn.unbox(unfused.init(jax.random.key(1), x_b3e))["params"]
     fused = vlm.MLP(width, mlp_dim, fused=True)
     fused_params = layers.fuse_gate_up_params(params)
-    shapes = jax.eval_shape(lambda: nn.unbox(fused.init(jax.random.key(1), x_b3e, residual_b3e))["params"])
+    shapes = jax.eval_shape(lambda: nn.unbox(fused.init(jax.random.key(1), x_b3e))["params"])
     assert jax.tree_util.tree_map(jnp.shape, fused_params) == jax.tree_util.tree_map(jnp.shape, shapes)
     assert fused_params["gate_up"]["kernel"].shape == (2, mlp_dim, width)
     assert fused_params["down"]["kernel"].shape == (width, mlp_dim)
-    ref = unfused.apply({"params": params}, x_b3e, residual_b3e)
-    assert float(jnp.abs(ref - residual_b3e).min()) > 0  # the MLP adds something everywhere
-    got = fused.apply({"params": fused_params}, x_b3e, residual_b3e)
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
-    one_row = fused.apply({"params": fused_params}, x_b3e[:, 1:2], residual_b3e[:, 1:2])
+    ref = unfused.apply({"params": params}, x_b3e)
+    assert float(jnp.abs(ref).min()) > 0
+    np.testing.assert_allclose(fused.apply({"params": fused_params}, x_b3e), ref, rtol=1e-5, atol=1e-6)
+    one_row = fused.apply({"params": fused_params}, x_b3e[:, 1:2])
     np.testing.assert_allclose(one_row, ref[:, 1:2], rtol=1e-5, atol=1e-6)
 
-    def primitives(x, residual):
-        jaxpr = jax.make_jaxpr(lambda x, r: fused.apply({"params": fused_params}, x, r))(x, residual)
+    def primitives(x):
+        jaxpr = jax.make_jaxpr(lambda x: fused.apply({"params": fused_params}, x))(x)
         return {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
 
-    one = primitives(x_b3e[:, :1], residual_b3e[:, :1])
-    assert "dot_general" not in one and "reduce_sum" in one
-    assert "dot_general" in primitives(x_b3e, residual_b3e)
+    assert "dot_general" not in primitives(x_b3e[:, :1]) and "reduce_sum" in primitives(x_b3e[:, :1])
+    assert "dot_general" in primitives(x_b3e)
+
+
+def test_one_token_residual_stream_sits_behind_a_barrier_only_in_the_fused_layout():
+    h = jnp.ones((1, 1, 8))
+
+    def primitives(x, enabled):
+        jaxpr = jax.make_jaxpr(lambda x: layers.residual_row(x + 1, enabled))(x)
+        return [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns]
+
+    assert primitives(h, True) == ["add", "optimization_barrier"]
+    assert primitives(h, False) == ["add"]
+    assert primitives(jnp.ones((1, 2, 8)), True) == ["add"]
+    np.testing.assert_array_equal(layers.residual_row(h + 1, True), h + 1)

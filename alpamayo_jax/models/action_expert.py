@@ -102,7 +102,7 @@ class ExpertLayer(nn.Module):
 
         def mlp_half(h):  # after the attention residual
             x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
-            h = MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, h, inv_rms)
+            h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
             return (h, i + 1), None
 
         x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "input_norm")

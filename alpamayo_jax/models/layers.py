@@ -400,6 +400,16 @@ class DenseOutMajor(nn.Module):
         return jnp.tensordot(x, kernel, axes=((x.ndim - 1,), (len(self.features),)))
 
 
+def residual_row(h_bld: jax.Array, enabled: bool) -> jax.Array:
+    """The residual stream after an add, behind an optimization barrier when `enabled` (the fused
+    inference layout) and it holds one token. In a decode step XLA would otherwise fuse the add into
+    the next projection's reduction as well, recomputing it for each of the kernel's rows (measured
+    per ar1_2b layer on an H100: qkv 8.0 instead of 7.1 us, gate_up 19.1 instead of 18.0)."""
+    if enabled and math.prod(h_bld.shape[:-1]) == 1:
+        return jax.lax.optimization_barrier(h_bld)
+    return h_bld
+
+
 def matvec(kernel_fi: jax.Array, x_i: jax.Array) -> jax.Array:
     """One row `x [..., I]` (every leading axis of size 1) through an output-major kernel `[*F, I]`:
     the products and their sum over I in float32 (one XLA reduction fusion), returned `[..., *F]` in

@@ -9,7 +9,6 @@ added to the hidden states after the first layers, at the image-token positions.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -281,9 +280,9 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU: residual + down(silu(gate(x)) * up(x)); `fused` (the inference layout): gate and up in
-    one output-major `[2, M, E]` kernel and down output-major `[E, M]` (`layers.DenseOutMajor`: a
-    one-token call runs both as reductions)."""
+    """SwiGLU: down(silu(gate(x)) * up(x)); `fused` (the inference layout): gate and up in one
+    output-major `[2, M, E]` kernel and down output-major `[E, M]` (`layers.DenseOutMajor`: a one-token
+    call runs both as reductions)."""
 
     width: int
     mlp_dim: int
@@ -292,9 +291,8 @@ class MLP(nn.Module):
     fused: bool = False
 
     @nn.compact
-    def __call__(self, x, residual, inv_rms_bl1=None):
-        """`residual`: the stream the output is added to; `inv_rms_bl1`: the factor of a folded pre-norm
-        (`layers.pre_norm`; fused layout only)."""
+    def __call__(self, x, inv_rms_bl1=None):
+        """`inv_rms_bl1`: the factor of a folded pre-norm (`layers.pre_norm`; fused layout only)."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.fused:
             gate_up = layers.DenseOutMajor(
@@ -306,15 +304,11 @@ class MLP(nn.Module):
             gate = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="gate", **kw)(x)
             up = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="up", **kw)(x)
         h = layers.constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-        if not self.fused:
-            return residual + layers.Dense(self.width, ("mlp", "embed"), name="down", **kw)(h)
-        down = layers.DenseOutMajor((self.width,), ("embed", "mlp"), name="down", row_reduce=True, **kw)
-        out = residual + down(h)
-        if math.prod(h.shape[:-1]) == 1:
-            # One token: XLA would otherwise fuse this add into the next layer's qkv reduction as well
-            # (recomputed for each of its 4,096 rows: 8.0 instead of 7.1 us per ar1_2b decode layer).
-            out = jax.lax.optimization_barrier(out)
-        return out
+        if self.fused:
+            return layers.DenseOutMajor((self.width,), ("embed", "mlp"), name="down", row_reduce=True, **kw)(
+                h
+            )
+        return layers.Dense(self.width, ("mlp", "embed"), name="down", **kw)(h)
 
 
 class DecoderLayer(nn.Module):
@@ -341,9 +335,10 @@ class DecoderLayer(nn.Module):
         attn, kv = Attention(cfg, name="attn")(
             x, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs, inv_rms, cache_index
         )
-        h = h + attn
+        h = layers.residual_row(h + attn, folded)
         x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
-        h = MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, h, inv_rms)
+        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
+        h = layers.residual_row(h, folded)
         if deepstack_nbld is not None:
             n = deepstack_nbld.shape[0]
             add = jax.lax.dynamic_index_in_dim(deepstack_nbld, jnp.minimum(i, n - 1), keepdims=False)
