@@ -215,3 +215,6 @@ def test_one_token_residual_stream_sits_behind_a_barrier_only_in_the_fused_layou
     assert primitives(h, False) == ["add"]
     assert primitives(jnp.ones((1, 2, 8)), True) == ["add"]
     np.testing.assert_array_equal(layers.residual_row(h + 1, True), h + 1)
+    h2, inv = layers.residual_row((h + 1, jnp.full((1, 1, 1), 0.5)), True)  # the stream and its norm factor
+    np.testing.assert_array_equal(h2, h + 1)
+    np.testing.assert_array_equal(inv, 0.5)

@@ -400,14 +400,17 @@ class DenseOutMajor(nn.Module):
         return jnp.tensordot(x, kernel, axes=((x.ndim - 1,), (len(self.features),)))
 
 
-def residual_row(h_bld: jax.Array, enabled: bool) -> jax.Array:
-    """The residual stream after an add, behind an optimization barrier when `enabled` (the fused
-    inference layout) and it holds one token. In a decode step XLA would otherwise fuse the add into
-    the next projection's reduction as well, recomputing it for each of the kernel's rows (measured
-    per ar1_2b layer on an H100: qkv 8.0 instead of 7.1 us, gate_up 19.1 instead of 18.0)."""
+def residual_row(tree: Any, enabled: bool) -> Any:
+    """The residual stream `[B, L, E]` after an add (or a tuple that starts with it and holds values
+    computed from it, such as a folded norm's 1/RMS), behind an optimization barrier when `enabled`
+    (the fused inference layout) and the stream holds one token. In a decode step XLA would otherwise
+    fuse the add into the next projection's reduction as well, recomputing it for each of the kernel's
+    rows (measured per ar1_2b layer on an H100: qkv 8.0 instead of 7.1 us, gate_up 19.1 instead of
+    18.0); values passed along with it are still computed in the add's kernel."""
+    h_bld = jax.tree_util.tree_leaves(tree)[0]
     if enabled and math.prod(h_bld.shape[:-1]) == 1:
-        return jax.lax.optimization_barrier(h_bld)
-    return h_bld
+        return jax.lax.optimization_barrier(tree)
+    return tree
 
 
 def matvec(kernel_fi: jax.Array, x_i: jax.Array) -> jax.Array:
