@@ -317,6 +317,13 @@ def test_unstacked_inference_layout_matches_the_scanned_model(setup, layout):
     assert isinstance(cache_b.k, tuple) and len(cache_b.k) == cfg.vlm.text.num_layers  # per-layer buffers
     np.testing.assert_allclose(cache_a.k, np.stack(cache_b.k), atol=1e-5)
     np.testing.assert_allclose(cache_a.v, np.stack(cache_b.v), atol=1e-5)
+    # One sample: the fused layout's one-token steps run the MLP as reductions (`layers.matvec`).
+    prompt1 = batch_lib.prompt_before_reasoning(batch_lib.fake(cfg, 1, seed=1), 6)
+    tokens1_a, _, cache1_a, _ = inference.reason(cfg, icfg, params, prompt1, jax.random.key(0))
+    tokens1_b, _, cache1_b, _ = inference.reason(flat_cfg, icfg, flat, prompt1, jax.random.key(0))
+    np.testing.assert_array_equal(tokens1_a, tokens1_b)
+    np.testing.assert_allclose(cache1_a.k, np.stack(cache1_b.k), atol=1e-5)
+    np.testing.assert_allclose(cache1_a.v, np.stack(cache1_b.v), atol=1e-5)
     x = jax.random.normal(jax.random.key(5), (2, 64, 2))
     t = jnp.array([0.3, 0.7])
     velocity = alpamayo.Alpamayo.velocity

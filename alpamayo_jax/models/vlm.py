@@ -305,9 +305,8 @@ class MLP(nn.Module):
             up = layers.Dense(self.mlp_dim, ("embed", "mlp"), name="up", **kw)(x)
         h = layers.constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
         if self.fused:
-            return layers.DenseOutMajor((self.width,), ("embed", "mlp"), name="down", row_reduce=True, **kw)(
-                h
-            )
+            down = layers.DenseOutMajor((self.width,), ("embed", "mlp"), name="down", row_reduce=True, **kw)
+            return down(h)
         return layers.Dense(self.width, ("mlp", "embed"), name="down", **kw)(h)
 
 
