@@ -218,23 +218,3 @@ def test_one_token_residual_stream_sits_behind_a_barrier_only_in_the_fused_layou
     h2, inv = layers.residual_row((h + 1, jnp.full((1, 1, 1), 0.5)), True)  # the stream and its norm factor
     np.testing.assert_array_equal(h2, h + 1)
     np.testing.assert_array_equal(inv, 0.5)
-
-
-def test_folded_pre_norm_takes_the_rsqrt_behind_the_row_barrier():
-    h = jnp.arange(8.0).reshape(1, 1, 8) - 3.0
-
-    def norm(x, barrier):
-        return layers.pre_norm(x, True, 1e-6, jnp.float32, jnp.float32, "unused", row_barrier=barrier)
-
-    names = [eqn.primitive.name for eqn in jax.make_jaxpr(lambda x: norm(x, True))(h).jaxpr.eqns]
-    assert names.index("optimization_barrier") < names.index("rsqrt")
-    assert "optimization_barrier" not in [
-        e.primitive.name for e in jax.make_jaxpr(lambda x: norm(x, False))(h).eqns
-    ]
-    row, inv_rms = norm(h, True)
-    np.testing.assert_array_equal(row, h)
-    expected = 1.0 / np.sqrt(np.mean(np.square(np.asarray(h)), axis=-1, keepdims=True) + 1e-6)
-    np.testing.assert_allclose(inv_rms, expected, rtol=1e-6)
-    np.testing.assert_array_equal(norm(h, False)[1], inv_rms)
-    two_rows = jnp.concatenate([h, h], axis=1)  # a prefill: no barrier
-    assert "optimization_barrier" not in str(jax.make_jaxpr(lambda x: norm(x, True))(two_rows))

@@ -335,8 +335,8 @@ class DecoderLayer(nn.Module):
             x, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs, inv_rms, cache_index
         )
         h = h + attn
-        x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm", row_barrier=True)
-        h = x if folded else h  # folded: the row behind the barrier
+        x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
+        h, x, inv_rms = layers.residual_row((h, x, inv_rms), folded)
         h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
         h = layers.residual_row(h, folded)
         if deepstack_nbld is not None:
