@@ -378,15 +378,17 @@ def _fused_kernel(
     k_ref,
     v_ref,
     mask_ref,
-    *refs,
+    acc_ref,
+    m_ref,
+    lsum_ref,
+    k_out_ref,
+    v_out_ref,
+    *,
     groups: int,
     eps: float,
     norm_eps: float,
     scale: float,
     block_s: int,
-    splits: int,
-    combine: bool,
-    interpret: bool = False,
 ):
     """One (batch, kv head, split); every head-dim vector arrives as its two halves (x1, x2), which is
     how rotary pairs them (rotate_half(x) = [-x2, x1]) and how the score dot is split (q.k = q1.k1 +
@@ -395,18 +397,7 @@ def _fused_kernel(
     input row h, which every program reads whole), the q/k RMSNorms, rotary, the query scale (rounded
     to the storage dtype at the same points). Split 0 writes the new key/value into the cache (aliased
     in place) and starts its online softmax with the new token; every split then reads its chunk of
-    the cache (the new slot is masked there).
-
-    `combine`: the refs after the mask are (arrivals in, partials, out, cache k, cache v, arrivals
-    out): each program stores its split's partials into the (batch, kv head)'s slab of all splits and
-    counts itself in `arrivals` (an atomic add, after a block barrier so that every warp's stores come
-    first); the program that arrives last merges the slab into the normalised output and resets the
-    counter to 0 for the next call. Otherwise: (partials, cache k, cache v), merged by
-    `_combine_splits`."""
-    if combine:
-        _, acc_ref, m_ref, lsum_ref, out_ref, k_out_ref, v_out_ref, arrivals_ref = refs
-    else:
-        acc_ref, m_ref, lsum_ref, k_out_ref, v_out_ref = refs
+    the cache (the new slot is masked there)."""
     dtype = qkv1_ref.dtype
     f32 = jnp.float32
     half = qkv1_ref.shape[-1]
@@ -450,39 +441,9 @@ def _fused_kernel(
     )
     acc, m, lsum = _read_cache(q1, q2, k_ref, v_ref, mask_ref, init, block_s)
     rows = jnp.arange(QUERY_ROWS) < groups
-    if not combine:
-        plgpu.store(acc_ref, acc, mask=rows[:, None])
-        plgpu.store(m_ref, m, mask=rows)
-        plgpu.store(lsum_ref, lsum, mask=rows)
-        return
-    plgpu.store(acc_ref.at[split], acc, mask=rows[:, None])
-    plgpu.store(m_ref.at[split], m, mask=rows)
-    plgpu.store(lsum_ref.at[split], lsum, mask=rows)
-    if not interpret:  # (interpret mode runs programs one after another and has no barrier)
-        plgpu.debug_barrier()  # every warp's partials are stored before the (acquire-release) count
-    arrived = plgpu.atomic_add(arrivals_ref, (jnp.int32(0),), jnp.int32(1))
-
-    @pl.when(arrived == splits - 1)
-    def _merge():
-        _merge_splits(acc_ref, m_ref, lsum_ref, out_ref, splits=splits, groups=groups)
-        arrivals_ref[0] = jnp.zeros((), jnp.int32)
-
-
-def _merge_splits(acc_ref, m_ref, lsum_ref, out_ref, *, splits: int, groups: int):
-    """The last-arriving program's merge of a slab of split partials (acc `[N', 16, D]`, m and lsum
-    `[N', 16]`, N' >= N splits a power of two; rows >= G and splits >= N masked) into out `[G', D]`
-    (G' the next power of two >= G, rows >= G masked): each split rescaled to the largest split max,
-    all loaded at once as volatile loads (past L1: other SMs wrote them)."""
-    padded, g_pad = acc_ref.shape[0], out_ref.shape[0]
-    present = (jnp.arange(padded) < splits)[:, None] & (jnp.arange(g_pad) < groups)[None, :]
-    head_rows = pl.ds(0, g_pad)
-    m = plgpu.load(m_ref.at[:, head_rows], mask=present, other=MASKED_SCORE, volatile=True)
-    lsum = plgpu.load(lsum_ref.at[:, head_rows], mask=present, other=0.0, volatile=True)
-    acc = plgpu.load(acc_ref.at[:, head_rows, :], mask=present[:, :, None], other=0.0, volatile=True)
-    alpha = jnp.exp(m - m.max(axis=0)[None, :])  # 0 for the masked splits
-    denom = jnp.maximum((alpha * lsum).sum(axis=0), 1e-30)  # masked head rows: 0 / tiny, never stored
-    out = (alpha[:, :, None] * acc).sum(axis=0) / denom[:, None]
-    plgpu.store(out_ref, out.astype(out_ref.dtype), mask=(jnp.arange(g_pad) < groups)[:, None])
+    plgpu.store(acc_ref, acc, mask=rows[:, None])
+    plgpu.store(m_ref, m, mask=rows)
+    plgpu.store(lsum_ref, lsum, mask=rows)
 
 
 def fused_decode_attention(
@@ -496,7 +457,6 @@ def fused_decode_attention(
     cache_v_bksd: jax.Array,
     mask_bs: jax.Array,
     index: jax.Array,
-    arrivals_bk: jax.Array | None = None,
     *,
     eps: float,
     norm_eps: float,
@@ -505,7 +465,7 @@ def fused_decode_attention(
     num_warps: int = 8,
     num_stages: int = 2,
     interpret: bool | None = None,
-) -> tuple[jax.Array, ...]:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """A decode step's attention from the raw output of the fused output-major qkv kernel.
 
     qkv `[B, K, G + 2, D]` (per kv head: G query rows, key, value; before the folded input norm),
@@ -518,10 +478,6 @@ def fused_decode_attention(
     float32 combine of its splits (a second small kernel). Returns (`[B, 1, K * G, D]`, cache k,
     cache v): the caches are updated in place (aliased). 8 warps: 13.8 us per ar1_2b layer with the
     combine against 14.6 with 4 (H100, session 9; session 6: 13.3 against 13.7).
-
-    `arrivals_bk` (int32 `[B, K]`, zero): the last program of each (batch, kv head) merges the splits
-    itself (`_fused_kernel`'s `combine`), no second kernel; the counters come back zero, updated in
-    place, as a fourth output that the next call takes (a KV cache carries one per layer).
     """
     b, k, rows, d = qkv_bkxd.shape
     g, half = rows - 2, d // 2
@@ -536,19 +492,8 @@ def fused_decode_attention(
     length = cache_k_bksd.shape[2]
     chunk, splits = _splits(b * k, length, block_s, chunk)
     interpret = _interpret(interpret)
-    combine = arrivals_bk is not None
-    if combine and (arrivals_bk.shape != (b, k) or arrivals_bk.dtype != jnp.int32):
-        raise ValueError(f"arrivals_bk {arrivals_bk.shape} {arrivals_bk.dtype} must be int32 [{b}, {k}]")
     kernel = functools.partial(
-        _fused_kernel,
-        groups=g,
-        eps=eps,
-        norm_eps=norm_eps,
-        scale=d**-0.5,
-        block_s=block_s,
-        splits=splits,
-        combine=combine,
-        interpret=interpret,
+        _fused_kernel, groups=g, eps=eps, norm_eps=norm_eps, scale=d**-0.5, block_s=block_s
     )
     f32 = jnp.float32
 
@@ -556,38 +501,7 @@ def fused_decode_attention(
     norm_rotary_specs, norm_rotary_args = _norm_rotary_operands(
         q_scale_d, k_scale_d, cos_bd, sin_bd, (None,), lambda i, j, n: (i,)
     )
-    if combine:
-        padded, g_pad = 1 << (splits - 1).bit_length(), 1 << (g - 1).bit_length()
-        slab = (None, None, padded, QUERY_ROWS)  # every split of one (batch, kv head)
-        partial_specs = [
-            pl.BlockSpec((*slab, d), lambda i, j, n: (i, j, 0, 0, 0)),
-            pl.BlockSpec(slab, lambda i, j, n: (i, j, 0, 0)),
-            pl.BlockSpec(slab, lambda i, j, n: (i, j, 0, 0)),
-            pl.BlockSpec((None, None, g_pad, d), lambda i, j, n: (i, j, 0, 0)),
-        ]
-        partial_shapes = [
-            jax.ShapeDtypeStruct((b, k, splits, g, d), f32),
-            jax.ShapeDtypeStruct((b, k, splits, g), f32),
-            jax.ShapeDtypeStruct((b, k, splits, g), f32),
-            jax.ShapeDtypeStruct((b, k, g, d), qkv_bkxd.dtype),
-        ]
-        arrivals_spec = pl.BlockSpec((None, 1), lambda i, j, n: (i, j))
-        extra_in, extra_out, extra_shape = [arrivals_spec], [arrivals_spec], [arrivals_bk]
-        aliases = {13: 4, 14: 5, 16: 6}
-    else:
-        partial_specs = [
-            pl.BlockSpec((None, None, None, QUERY_ROWS, d), lambda i, j, n: (i, j, n, 0, 0)),
-            pl.BlockSpec((None, None, None, QUERY_ROWS), lambda i, j, n: (i, j, n, 0)),
-            pl.BlockSpec((None, None, None, QUERY_ROWS), lambda i, j, n: (i, j, n, 0)),
-        ]
-        partial_shapes = [
-            jax.ShapeDtypeStruct((b, k, splits, g, d), f32),
-            jax.ShapeDtypeStruct((b, k, splits, g), f32),
-            jax.ShapeDtypeStruct((b, k, splits, g), f32),
-        ]
-        extra_in, extra_out, extra_shape = [], [], []
-        aliases = {13: 3, 14: 4}
-    outs = pl.pallas_call(
+    acc, m, lsum, cache_k, cache_v = pl.pallas_call(
         kernel,
         grid=(b, k, splits),
         in_specs=[
@@ -599,16 +513,22 @@ def fused_decode_attention(
             pl.BlockSpec((None, None, chunk, d), lambda i, j, n: (i, j, n, 0)),
             pl.BlockSpec((None, None, chunk, d), lambda i, j, n: (i, j, n, 0)),
             pl.BlockSpec((None, chunk), lambda i, j, n: (i, n)),
-            *extra_in,
         ],
-        out_specs=[*partial_specs, whole_cache, whole_cache, *extra_out],
+        out_specs=[
+            pl.BlockSpec((None, None, None, QUERY_ROWS, d), lambda i, j, n: (i, j, n, 0, 0)),
+            pl.BlockSpec((None, None, None, QUERY_ROWS), lambda i, j, n: (i, j, n, 0)),
+            pl.BlockSpec((None, None, None, QUERY_ROWS), lambda i, j, n: (i, j, n, 0)),
+            whole_cache,
+            whole_cache,
+        ],
         out_shape=[
-            *partial_shapes,
+            jax.ShapeDtypeStruct((b, k, splits, g, d), f32),
+            jax.ShapeDtypeStruct((b, k, splits, g), f32),
+            jax.ShapeDtypeStruct((b, k, splits, g), f32),
             jax.ShapeDtypeStruct(cache_k_bksd.shape, cache_k_bksd.dtype),
             jax.ShapeDtypeStruct(cache_v_bksd.shape, cache_v_bksd.dtype),
-            *[jax.ShapeDtypeStruct(x.shape, x.dtype) for x in extra_shape],
         ],
-        input_output_aliases=aliases,
+        input_output_aliases={13: 3, 14: 4},
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
         name="decode_layer_attention",
@@ -622,12 +542,7 @@ def fused_decode_attention(
         cache_k_bksd,
         cache_v_bksd,
         _int8(mask_bs),
-        *extra_shape,
     )
-    if combine:
-        *_, out, cache_k, cache_v, arrivals = outs
-        return out.reshape(b, 1, k * g, d), cache_k, cache_v, arrivals
-    acc, m, lsum, cache_k, cache_v = outs
     out = _combine_splits(acc, m, lsum, qkv_bkxd.dtype, interpret)  # [B, K, G, D]
     return out.reshape(b, 1, k * g, d), cache_k, cache_v
 
