@@ -28,15 +28,17 @@ from alpamayo_jax.train import host_env
 
 host_env.disable_nvlink_multicast()
 
-from alpamayo_jax.benchmarks import data, infer, train  # noqa: E402
-from alpamayo_jax.benchmarks import decode_attention as decode_attention_bench  # noqa: E402
+import importlib  # noqa: E402
 
-BENCHMARKS = {
-    "infer": infer.run,
-    "data": data.run,
-    "train": train.run,
-    "decode_attention": decode_attention_bench.run,
-}
+# --what -> its module under alpamayo_jax.benchmarks, imported only when chosen: the inference and
+# kernel benchmarks need neither the input pipeline's packages (grain, tensorflow-datasets, PyAV)
+# nor the trainer's, which a GPU host may lack.
+BENCHMARKS = ("infer", "data", "train", "decode_attention")
+
+
+def benchmark_module(what: str):
+    """The module of benchmark `what` (one of BENCHMARKS)."""
+    return importlib.import_module(f"alpamayo_jax.benchmarks.{what}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    bench = benchmark_module(args.what)
     if args.what == "train":
         host_env.add_training_xla_flags()  # as the trainer's entry point (before the backend starts)
         mesh = tuple(int(n) for n in args.mesh.split(","))
         if len(mesh) != 3:
             parser.error(f"--mesh {args.mesh!r}: three sizes data,fsdp,tensor")
-        result = train.run(
+        result = bench.run(
             args.preset,
             batch=args.batch,
             reps=args.reps,
@@ -103,11 +106,11 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
             scan_layers={"config": None, "scan": True, "loop": False}[args.layers],
         )
     elif args.what == "data":
-        result = data.run(args.preset, batch=args.batch, reps=args.reps)
+        result = bench.run(args.preset, batch=args.batch, reps=args.reps)
     elif args.what == "decode_attention":
-        result = decode_attention_bench.run(args.preset, batch=args.batch, reps=args.reps, dtype=args.dtype)
+        result = bench.run(args.preset, batch=args.batch, reps=args.reps, dtype=args.dtype)
     else:
-        result = infer.run(
+        result = bench.run(
             args.preset,
             batch=args.batch,
             reps=args.reps,
