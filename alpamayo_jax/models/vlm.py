@@ -336,7 +336,9 @@ class DecoderLayer(nn.Module):
         )
         h = h + attn
         x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
-        h, x, inv_rms = layers.residual_row((h, x, inv_rms), folded)
+        if folded:  # x is h itself: the row and its norm factor pass the barrier once
+            h, inv_rms = layers.residual_row((h, inv_rms), True)
+            x = h
         h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
         h = layers.residual_row(h, folded)
         if deepstack_nbld is not None:
