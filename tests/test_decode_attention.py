@@ -379,8 +379,9 @@ def test_fused_prefill_prologue_rejects_bad_inputs():
 
 
 def test_per_layer_pallas_decode_runs_the_fused_kernel():
-    """The per-layer fused layout's decode step is one `decode_layer_attention` kernel and one split
-    combine kernel per layer; its prefill one `prefill_attention_prologue` kernel per layer."""
+    """The per-layer fused layout's decode step is one `decode_layer_attention` kernel, one split
+    combine kernel and one residual + norm-factor kernel per layer; its prefill one
+    `prefill_attention_prologue` kernel per layer."""
     cfg = qwen3vl.qwen3vl_config("tiny", scan_layers=False, fused_projections=True, decode_attention="pallas")
     assert cfg.text.fused_decode
     model = qwen3vl.Qwen3VL(cfg)
@@ -394,7 +395,9 @@ def test_per_layer_pallas_decode_runs_the_fused_kernel():
         )
     )(params, cache)
     names = [str(e.params.get("name", "")) for e in jaxpr.eqns if e.primitive.name == "pallas_call"]
-    assert names == ["decode_layer_attention", "attention_split_combine"] * cfg.text.num_layers
+    assert (
+        names == ["decode_layer_attention", "attention_split_combine", "residual_rms"] * cfg.text.num_layers
+    )
     # The prefill prepares its attention inputs and writes the cache in one kernel per layer.
     jaxpr = jax.make_jaxpr(lambda p: generation.prefill(model, p, prompt, 8))(params)
     names = [str(e.params.get("name", "")) for e in jaxpr.eqns if e.primitive.name == "pallas_call"]
@@ -410,8 +413,19 @@ def unfused_expert_attention(qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, 
     )
 
 
-@pytest.mark.parametrize("dtype, groups, batch, chunk", [("float32", 2, 2, 128), ("bfloat16", 1, 1, None)])
-def test_fused_prefix_attention_equals_the_unfused_expert_attention(dtype, groups, batch, chunk):
+@pytest.mark.parametrize(
+    "dtype, groups, batch, chunk, combine_block_l",
+    [
+        ("float32", 2, 2, 128, None),
+        ("float32", 2, 2, 64, 8),
+        ("bfloat16", 1, 1, None, None),
+        ("bfloat16", 1, 1, 32, 4),
+    ],
+)
+def test_fused_prefix_attention_equals_the_unfused_expert_attention(
+    dtype, groups, batch, chunk, combine_block_l
+):
+    """With XLA's split combine and with the Pallas one (`combine_block_l`; 4 and 8 splits)."""
     length, tokens, eps = 256, 64, 1e-6
     rng = np.random.default_rng(10 + groups)
 
@@ -428,12 +442,21 @@ def test_fused_prefix_attention_equals_the_unfused_expert_attention(dtype, group
     mask = jnp.asarray(cache_mask(batch, length, rng))
     args = (qkv, inv_rms, q_scale, k_scale, cos, sin, cache_k, cache_v, mask)
     out = jax.jit(
-        functools.partial(decode_attention.fused_prefix_attention, eps=eps, chunk=chunk, block_s=32)
+        functools.partial(
+            decode_attention.fused_prefix_attention,
+            eps=eps,
+            chunk=chunk,
+            block_s=32,
+            combine_block_l=combine_block_l,
+        )
     )(*args)
     ref = unfused_expert_attention(*args, eps)
     assert out.shape == (batch, tokens, K * groups, D) and out.dtype == qkv.dtype
     tol = dict(atol=1e-5) if dtype == "float32" else dict(atol=2e-2, rtol=1e-2)
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), **tol)
+    if combine_block_l is not None:
+        with pytest.raises(ValueError, match="combine_block_l = 3 must be a power of two dividing L = 64"):
+            decode_attention.fused_prefix_attention(*args, eps=eps, block_s=32, combine_block_l=3)
 
 
 def test_kv_caches_are_allocated_in_whole_prefix_kernel_blocks():

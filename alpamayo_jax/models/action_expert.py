@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alpamayo_jax.models import decode_attention, layers
+from alpamayo_jax.models import decode_attention, layers, residual_norm
 from alpamayo_jax.models.flow_matching import ActionInputProjection, VelocityHead
 from alpamayo_jax.models.vlm import MLP, TextConfig, scanned_layers
 
@@ -93,20 +93,36 @@ class ExpertLayer(nn.Module):
 
     @nn.compact
     def __call__(self, carry, prefix_k_bkpd, prefix_v_bkpd, cos_bad, sin_bad, prefix_valid_bp):
+        """carry = (h, layer index, h's folded input-norm factor or None: computed here)."""
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dense = dict(dtype=dtype, param_dtype=pdtype)
-        h, i = carry
+        h, i, inv_rms = carry
         # The fused (inference) layout folds the norms' scales into the qkv / gate_up kernels.
         folded = cfg.fused_projections
+        fused = cfg.prefix_attention == "pallas" and prefix_k_bkpd.shape[-2] % PREFIX_BLOCK == 0
+        # With the fused kernels each residual add and the next norm's factor are one kernel
+        # (`residual_norm`); the factor of the layer's output travels to the next layer in the carry.
+        add_norm = fused and residual_norm.supported(cfg.width)
 
-        def mlp_half(h):  # after the attention residual
-            x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
-            h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
-            return (h, i + 1), None
+        def mlp_half(h, delta):  # the attention residual, then the MLP
+            if add_norm:
+                h, inv_rms = residual_norm.residual_rms(h, delta, cfg.rms_eps)
+                x = h
+            else:
+                h = h + delta
+                x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
+            mlp = MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
+            if add_norm:
+                h, inv_rms = residual_norm.residual_rms(h, mlp, cfg.rms_eps)
+                return (h, i + 1, inv_rms), None
+            return (h + mlp, i + 1, None), None
 
-        x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "input_norm")
-        if cfg.prefix_attention == "pallas" and prefix_k_bkpd.shape[-2] % PREFIX_BLOCK == 0:
+        if inv_rms is None:
+            x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "input_norm")
+        else:
+            x = h
+        if fused:
             out = decode_attention.fused_prefix_attention(
                 layers.fused_qkv(x, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, **dense),
                 inv_rms,
@@ -120,7 +136,7 @@ class ExpertLayer(nn.Module):
                 eps=cfg.rms_eps,
                 block_s=PREFIX_BLOCK,
             )
-            return mlp_half(h + layers.out_projection(out, cfg.width, True, **dense))
+            return mlp_half(h, layers.out_projection(out, cfg.width, True, **dense))
         q, k, v = layers.qkv_projection(
             x, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.fused_projections, **dense
         )
@@ -137,7 +153,7 @@ class ExpertLayer(nn.Module):
         out = layers.two_part_attention(
             q, prefix_k_bkpd, prefix_v_bkpd, prefix_valid_bp, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         )
-        return mlp_half(h + layers.out_projection(out, cfg.width, cfg.fused_projections, **dense))
+        return mlp_half(h, layers.out_projection(out, cfg.width, cfg.fused_projections, **dense))
 
 
 class ActionExpert(nn.Module):
@@ -187,6 +203,8 @@ class ActionExpert(nn.Module):
             unroll=cfg.scan_unroll,
             scan=cfg.scan_layers,
         )
-        (h, _), _ = stack((h, jnp.zeros((), jnp.int32)), prefix_k, prefix_v, cos, sin, prefix_valid_bp)
+        (h, _, _), _ = stack(
+            (h, jnp.zeros((), jnp.int32), None), prefix_k, prefix_v, cos, sin, prefix_valid_bp
+        )
         h = layers.RMSNorm(cfg.rms_eps, dtype, pdtype, name="norm")(h)
         return VelocityHead(dtype=dtype, param_dtype=pdtype, name="velocity")(h)

@@ -8,8 +8,8 @@ head; a small combine merges the splits with the always-visible new token(s). Th
 below also do the layer's norms, rotary and cache write (`fused_decode_attention`: the decode
 layer, whose splits a second small Pallas kernel combines; `fused_prefill_qkv`: a prefill's
 attention inputs and cache write, no attention; `fused_prefix_attention`: the action expert's flow
-step, combined by XLA). On a non-GPU backend the kernels run in Pallas interpret mode
-(CPU tests and runs).
+step, whose splits a token-blocked Pallas combine merges). On a non-GPU backend the kernels run in
+Pallas interpret mode (CPU tests and runs).
 """
 
 from __future__ import annotations
@@ -179,10 +179,36 @@ def _combine_splits(acc: jax.Array, m: jax.Array, lsum: jax.Array, dtype, interp
     )(acc, m, lsum)
 
 
+def _combine_token_splits(
+    acc: jax.Array, m: jax.Array, lsum: jax.Array, dtype, block_l: int, interpret: bool
+) -> jax.Array:
+    """The expert's normalised attention output `[B, L, K * G, D]` in `dtype` from the prefix kernel's
+    float32 split partials (acc `[B, K, G, N, L, D]`, m and lsum `[B, K, G, N, L]`): one program per
+    (batch, kv head, group member, `block_l` tokens) merges all splits at once (`_combine_kernel` with
+    the tokens as its row axis) and writes its rows straight into the output's token-major layout."""
+    b, k, g, splits, length, d = acc.shape
+    padded = 1 << (splits - 1).bit_length()
+    return pl.pallas_call(
+        functools.partial(_combine_kernel, splits=splits),
+        grid=(b, k, g, length // block_l),
+        in_specs=[
+            pl.BlockSpec((None, None, None, padded, block_l, d), lambda i, j, q, t: (i, j, q, 0, t, 0)),
+            pl.BlockSpec((None, None, None, padded, block_l), lambda i, j, q, t: (i, j, q, 0, t)),
+            pl.BlockSpec((None, None, None, padded, block_l), lambda i, j, q, t: (i, j, q, 0, t)),
+        ],
+        out_specs=pl.BlockSpec((None, block_l, None, d), lambda i, j, q, t: (i, t, j * g + q, 0)),
+        out_shape=jax.ShapeDtypeStruct((b, length, k * g, d), dtype),
+        compiler_params=plgpu.CompilerParams(
+            num_warps=4 if padded * block_l * d <= 8192 else 8, num_stages=1
+        ),
+        interpret=interpret,
+        name="expert_split_combine",
+    )(acc, m, lsum)
+
+
 def _combine_splits_xla(acc: jax.Array, m: jax.Array, lsum: jax.Array, axis: int) -> jax.Array:
-    """The split combine as XLA computes it (a max over the splits `axis`, then the rescaled sums):
-    for the expert, whose 64 token rows make tiles where XLA's two reductions beat the Pallas combine
-    (flow step 1.75 vs 1.90 ms, docs/PERFORMANCE.md)."""
+    """The split combine as XLA computes it (a max over the splits `axis`, then the rescaled sums): the
+    expert's alternative to `_combine_token_splits` (`fused_prefix_attention(combine_block_l=None)`)."""
     alpha = jnp.exp(m - m.max(axis=axis, keepdims=True))
     return (alpha[..., None] * acc).sum(axis=axis) / (alpha * lsum).sum(axis=axis)[..., None]
 
@@ -816,6 +842,7 @@ def fused_prefix_attention(
     block_s: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
+    combine_block_l: int | None = 2,
     interpret: bool | None = None,
 ) -> jax.Array:
     """The action expert's attention (a flow step) from the raw output of its fused qkv kernel.
@@ -824,11 +851,16 @@ def fused_prefix_attention(
     folded input norm), `inv_rms_bl1 [B, L, 1]` that norm's 1/RMS, q/k RMSNorm scales `[D]`, rotary
     cos/sin `[B, L, D]`, the VLM's per-layer prefix cache k/v `[B, K, S, D]` and the prefix slots the
     tokens may see `mask_bs [B, S]`. Equals the unfused path (scale rows, q/k norm, rotary,
-    `layers.two_part_attention` over the prefix + the L tokens) in one kernel and a float32 combine.
-    Returns `[B, L, K * G, D]` in qkv's dtype.
+    `layers.two_part_attention` over the prefix + the L tokens) in one kernel and a float32 combine:
+    with `combine_block_l` a Pallas kernel with that many tokens per program (a power of two dividing
+    L), or for None XLA's two reductions and a transposing convert (ar1_2b flow step on an H100: 1.53
+    ms with 2 tokens per program, 1.72 with XLA's; docs/PERFORMANCE.md, session 11). Returns
+    `[B, L, K * G, D]` in qkv's dtype.
     """
     b, length, k, rows, d = qkv_blkxd.shape
     g, half = rows - 2, d // 2
+    if combine_block_l is not None and (not _is_power_of_two(combine_block_l) or length % combine_block_l):
+        raise ValueError(f"combine_block_l = {combine_block_l} must be a power of two dividing L = {length}")
     _check(jax.ShapeDtypeStruct((b, k, g, d), qkv_blkxd.dtype), cache_k_bksd, cache_v_bksd, mask_bs, block_s)
     _check_token_operands(inv_rms_bl1, q_scale_d, k_scale_d, cos_bld, sin_bld, b, length, d)
     if not _is_power_of_two(length) or length < 16:
@@ -879,5 +911,7 @@ def fused_prefix_attention(
         cache_v_bksd,
         _int8(mask_bs),
     )
+    if combine_block_l:
+        return _combine_token_splits(acc, m, lsum, qkv_blkxd.dtype, combine_block_l, interpret)
     out = _combine_splits_xla(acc, m, lsum, axis=3)  # [B, K, G, L, D]
     return jnp.moveaxis(out, 3, 1).reshape(b, length, k * g, d).astype(qkv_blkxd.dtype)

@@ -16,7 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from alpamayo_jax.models import decode_attention, layers
+from alpamayo_jax.models import decode_attention, layers, residual_norm
 
 # How a one-token decode step attends to the KV cache: "xla" (einsums and reductions, the reference) or
 # "pallas" (one fused flash-decoding kernel, `decode_attention.py`; interpreted off the GPU).
@@ -334,11 +334,15 @@ class DecoderLayer(nn.Module):
         attn, kv = Attention(cfg, name="attn")(
             x, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs, inv_rms, cache_index
         )
-        h = h + attn
-        x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
-        if folded:  # x is h itself: the row and its norm factor pass the barrier once
-            h, inv_rms = layers.residual_row((h, inv_rms), True)
+        if cfg.fused_decode and h.shape[1] == 1:  # a decode step: the add and the factor in one kernel
+            h, inv_rms = residual_norm.residual_rms(h, attn, cfg.rms_eps)
             x = h
+        else:
+            h = h + attn
+            x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
+            if folded:  # x is h itself: the row and its norm factor pass the barrier once
+                h, inv_rms = layers.residual_row((h, inv_rms), True)
+                x = h
         h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
         h = layers.residual_row(h, folded)
         if deepstack_nbld is not None:
