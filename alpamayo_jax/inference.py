@@ -185,10 +185,23 @@ def sample_policy(
     return jax.tree_util.tree_map(lambda x: x.reshape(batch, k, *x.shape[1:]), out)
 
 
+def compiler_options() -> dict[str, Any]:
+    """XLA options of the inference programs (`jax.jit(..., compiler_options=...)`).
+
+    On a GPU every GEMM goes to cuBLAS(Lt) instead of XLA's Triton GEMM fusions: XLA's GEMM rewriter
+    then moves the ViT's fc1 bias + tanh-GELU into the cuBLASLt epilogue (with Triton GEMMs enabled it
+    stays a separate pass over the `[patches, 4096]` activation) and the other biases into their GEMMs.
+    Measured on the ar1_2b policy program on an H100: 115.8 against 117.5 ms of device time per run
+    (docs/PERFORMANCE.md, session 11). Other backends: none.
+    """
+    return {"xla_gpu_enable_triton_gemm": False} if jax.default_backend() == "gpu" else {}
+
+
 def compile_policy(cfg: AlpamayoConfig, icfg: InferenceConfig) -> Callable[..., dict[str, jax.Array]]:
     """`fn(params, prompt, history_xyz_bh3, rng)`: one compiled program per input shape."""
     return jax.jit(
-        lambda params, prompt, history, rng: sample_policy(cfg, icfg, params, prompt, history, rng)
+        lambda params, prompt, history, rng: sample_policy(cfg, icfg, params, prompt, history, rng),
+        compiler_options=compiler_options(),
     )
 
 

@@ -31,6 +31,7 @@ def test_tiny_inference_benchmark_with_the_pallas_kernels():
     """On a GPU the benchmark runs both fused kernels (decode steps and flow steps); here interpreted."""
     result = infer.run("tiny", reps=1, flow_steps=(2,), dtype="float32", decode_attention="pallas")
     assert result["decode_attention"] == "pallas" and result["prefix_attention"] == "pallas"
+    assert result["compiler_options"] == {}  # the GPU-only XLA options (`inference.compiler_options`)
     assert math.isfinite(result["total_ms"]) and result["total_ms"] > 0
     xla = infer.run("tiny", reps=1, flow_steps=(2,), dtype="float32", decode_attention="xla")
     assert xla["prefix_attention"] == "xla"
@@ -57,3 +58,23 @@ def test_the_benchmark_tool_runs_inference_without_the_input_pipeline_packages()
     lines = out.stdout.splitlines()
     assert lines[:2] == ["alpamayo_jax.benchmarks.infer", "alpamayo_jax.benchmarks.decode_attention"]
     assert lines[2].startswith("data:") and any(name in lines[2] for name in blocked)
+
+
+def test_inference_compiler_options_are_known_to_xla(monkeypatch):
+    """The GPU programs' XLA options are real option names (XLA rejects an unknown one at compile time,
+    on any backend), and none apply off the GPU; the benchmark records the options it compiled with."""
+    import jax
+    import jax.numpy as jnp
+
+    from alpamayo_jax import inference
+
+    assert inference.compiler_options() == {}
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    options = inference.compiler_options()
+    assert options == {"xla_gpu_enable_triton_gemm": False}
+    x = jnp.arange(16.0).reshape(4, 4)
+    out = jax.jit(lambda a: jax.nn.gelu(a @ a.T + 1.0, approximate=True), compiler_options=options)(x)
+    expected = jax.nn.gelu(x @ x.T + 1.0, approximate=True)
+    assert jnp.allclose(out, expected)
+    with pytest.raises(Exception, match="No such compile option"):
+        jax.jit(lambda a: a + 1, compiler_options={"xla_gpu_enable_triton_gemm_typo": False})(x)

@@ -14,6 +14,7 @@ image: 256 at 16). `vision_tokens` and `prefix_tokens` are the image and prompt 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from typing import Any
 
@@ -186,6 +187,7 @@ def run(
         attention_impl=attention_impl,
         decode_attention=decode_attention,
         prefix_attention=cfg.expert.prefix_attention,
+        compiler_options=inference.compiler_options(),
         layout=dict(scan_layers=scan_layers, fused_projections=cfg.vlm.text.fused_projections),
         prefix_tokens=int(prompt.tokens_bl.shape[1]),
         vision_tokens=int((np.asarray(prompt.image_slots_bl) >= 0).sum() // batch),
@@ -193,20 +195,22 @@ def run(
         params_b={k: sum(x.size for x in jax.tree_util.tree_leaves(v)) / 1e9 for k, v in params.items()},
     )
 
+    # Every program with the compiler options of the policy program (`inference.compile_policy`).
+    jit = functools.partial(jax.jit, compiler_options=inference.compiler_options())
     if tokenizer == "per_image":
-        vision = jax.jit(
+        vision = jit(
             lambda p, pr: nn.apply(
                 lambda m, im: m.vision(jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), im)), vlm
             )({"params": p["vlm"]}, pr.images)
         )
     else:
-        vision = jax.jit(lambda p, pr: inference.vision_features(cfg, p, pr))
+        vision = jit(lambda p, pr: inference.vision_features(cfg, p, pr))
     t = time_compiled(vision, params, prompt, reps=reps)
     result["vision_ms"], compile_ms = t["median_ms"], {"vision": t["compile_ms"]}
     progress("vision_ms", result, compile_ms)
 
     cache_size = prompt.tokens_bl.shape[1] + n_reason + 1
-    prefill = jax.jit(
+    prefill = jit(
         lambda p, pr: generation.prefill(vlm, p["vlm"], pr, cache_size, inference.vision_features(cfg, p, pr))
     )
     t = time_compiled(prefill, params, prompt, reps=reps)
@@ -216,9 +220,7 @@ def run(
 
     logits, cache = prefill(params, prompt)
     sampling = generation.SamplingConfig(0.0, 1.0, None)
-    decode = jax.jit(
-        lambda p, lg, c, pos, rng: generation.decode(vlm, p, lg, c, pos, rng, n_reason, sampling)
-    )
+    decode = jit(lambda p, lg, c, pos, rng: generation.decode(vlm, p, lg, c, pos, rng, n_reason, sampling))
     t = time_compiled(
         decode, params["vlm"], logits, cache, prompt.next_position_b, jax.random.key(1), reps=reps
     )
@@ -229,11 +231,11 @@ def run(
     icfg = inference.InferenceConfig(
         max_reasoning_tokens=n_reason, min_reasoning_tokens=n_reason, temperature=0.0
     )
-    _, _, full_cache, first = jax.jit(lambda p, pr, r: inference.reason(cfg, icfg, p, pr, r))(
+    _, _, full_cache, first = jit(lambda p, pr, r: inference.reason(cfg, icfg, p, pr, r))(
         params, prompt, jax.random.key(2)
     )
     for steps in flow_steps:
-        flow = jax.jit(lambda p, c, f, r, steps=steps: inference.flow_sample(cfg, p, c, f, r, steps))
+        flow = jit(lambda p, c, f, r, steps=steps: inference.flow_sample(cfg, p, c, f, r, steps))
         t = time_compiled(flow, params, full_cache, first, jax.random.key(3), reps=reps)
         result[f"flow_{steps}_steps_ms"], compile_ms[f"flow_{steps}"] = t["median_ms"], t["compile_ms"]
         progress(f"flow_{steps}_steps_ms", result, compile_ms)
