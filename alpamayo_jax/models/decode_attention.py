@@ -853,9 +853,9 @@ def fused_prefix_attention(
     tokens may see `mask_bs [B, S]`. Equals the unfused path (scale rows, q/k norm, rotary,
     `layers.two_part_attention` over the prefix + the L tokens) in one kernel and a float32 combine:
     with `combine_block_l` a Pallas kernel with that many tokens per program (a power of two dividing
-    L), or for None XLA's two reductions and a transposing convert (ar1_2b flow step on an H100: 1.53
-    ms with 2 tokens per program, 1.72 with XLA's; docs/PERFORMANCE.md, session 11). Returns
-    `[B, L, K * G, D]` in qkv's dtype.
+    L), or for None XLA's two reductions and a transposing convert (ar1_2b flow step on an H100: 1.471
+    ms of device time with 2 tokens per program, 1.554 with XLA's; docs/PERFORMANCE.md, session 11).
+    Returns `[B, L, K * G, D]` in qkv's dtype.
     """
     b, length, k, rows, d = qkv_blkxd.shape
     g, half = rows - 2, d // 2
