@@ -63,6 +63,31 @@ def cache_slots(needed: int) -> int:
     return -(-needed // CACHE_ALIGN) * CACHE_ALIGN
 
 
+# Prompt rows are right-padded to a multiple of PREFILL_ALIGN tokens before the prefill. XLA gives a
+# bf16 GEMM operand whose token count is not a multiple of 8 a padded copy (tensor-core alignment),
+# which at the release prompt (2,993 tokens) was a pad fusion per GEMM input of every layer: 1.7 ms
+# of device time per ar1_2b policy call on an H100 (docs/PERFORMANCE.md, session 12).
+PREFILL_ALIGN = 8
+
+
+def pad_prompt(prompt: PromptInputs, multiple: int = PREFILL_ALIGN) -> PromptInputs:
+    """The prompt with each row right-padded by invalid tokens to a multiple of `multiple` (no image
+    slot, position 0): the padding is masked everywhere, as a batch's right padding is."""
+    pad = -prompt.tokens_bl.shape[1] % multiple
+    if not pad:
+        return prompt
+
+    def right(x, value):
+        return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)], constant_values=value)
+
+    return prompt.replace(
+        tokens_bl=right(prompt.tokens_bl, 0),
+        positions_3bl=right(prompt.positions_3bl, 0),
+        valid_bl=right(prompt.valid_bl, False),
+        image_slots_bl=None if prompt.image_slots_bl is None else right(prompt.image_slots_bl, -1),
+    )
+
+
 def prefill(
     model: Qwen3VL,
     params: Any,
@@ -72,7 +97,12 @@ def prefill(
 ) -> tuple[jax.Array, KVCache]:
     """Runs the prompt into a fresh cache of at least `cache_size` slots; returns (next-token logits
     `[B, V]`, cache). `features_bfd`: the image-slot features of a triplane / flex tokenizer (by
-    default the prompt's images go through the ViT)."""
+    default the prompt's images go through the ViT). The prompt is padded to a multiple of
+    PREFILL_ALIGN tokens first (`pad_prompt`; the cache grows by the padding): the returned cache's
+    `index`, the slot after the padded prompt, is where decoding continues."""
+    length = prompt.tokens_bl.shape[1]
+    prompt = pad_prompt(prompt)
+    cache_size += prompt.tokens_bl.shape[1] - length
     batch = prompt.tokens_bl.shape[0]
     cache = KVCache.zeros(model.cfg.text, batch, cache_slots(cache_size))
     logits, cache = model.apply(

@@ -78,6 +78,7 @@ def reason(
     logits, cache = generation.prefill(
         vlm, vlm_params, prompt, cache_size, vision_features(cfg, params, prompt)
     )
+    prompt_end = cache.index  # the slot after the (padded) prompt
     k = icfg.num_samples
     logits = jnp.repeat(logits, k, axis=0)
     cache = cache.repeat(k)
@@ -98,7 +99,7 @@ def reason(
     stopped = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], 1)[:, 0] == stop
     stopped &= lengths > 0
     # Samples that ran out of budget get the stop token appended; the others write an invalid slot.
-    cache = cache.replace(index=jnp.asarray(prompt.tokens_bl.shape[1] + budget, jnp.int32))
+    cache = cache.replace(index=prompt_end + budget)
     _, cache = vlm.apply(
         {"params": vlm_params},
         jnp.full((tokens.shape[0], 1), stop, jnp.int32),

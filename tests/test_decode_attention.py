@@ -464,3 +464,49 @@ def test_kv_caches_are_allocated_in_whole_prefix_kernel_blocks():
 
     assert generation.CACHE_ALIGN % action_expert.PREFIX_BLOCK == 0
     assert generation.cache_slots(3034) % action_expert.PREFIX_BLOCK == 0
+
+
+def test_every_kernel_lowers_to_triton_for_a_gpu_without_one():
+    """Each Pallas kernel at the ar1_2b shapes and its GPU tile defaults (interpret off) lowers through
+    Pallas' Triton lowering for the CUDA platform, which runs here on the CPU (`jax.export`): a kernel
+    that only works interpreted (e.g. a Python int where Triton needs an IR value) fails in CI, not on
+    the GPU host."""
+    from jax import export
+
+    from alpamayo_jax.models import residual_norm
+
+    bf16, f32 = jnp.bfloat16, jnp.float32
+    b, k, g, d, slots, tokens, width = 1, 8, 2, 128, 3072, 64, 2048
+
+    def spec(*shape, dtype=bf16):
+        return jax.ShapeDtypeStruct(shape, dtype)
+
+    scales = (spec(d, dtype=f32), spec(d, dtype=f32))
+    cache = (spec(b, k, slots, d), spec(b, k, slots, d))
+    off = dict(eps=1e-6, interpret=False)
+    calls = {
+        "decode_layer_attention": (
+            functools.partial(decode_attention.fused_decode_attention, norm_eps=1e-6, **off),
+            (spec(b, k, g + 2, d), spec(b, width), *scales, spec(b, d, dtype=f32), spec(b, d, dtype=f32))
+            + (*cache, spec(b, slots, dtype=bool), spec(dtype=jnp.int32)),
+        ),
+        "expert_prefix_attention": (
+            functools.partial(decode_attention.fused_prefix_attention, **off),
+            (spec(b, tokens, k, 3, d), spec(b, tokens, 1, dtype=f32), *scales)
+            + (spec(b, tokens, d, dtype=f32), spec(b, tokens, d, dtype=f32))
+            + (*cache, spec(b, slots, dtype=bool)),
+        ),
+        "prefill_attention_prologue": (
+            functools.partial(decode_attention.fused_prefill_qkv, **off),
+            (spec(b, 3000, k, g + 2, d), spec(b, 3000, 1, dtype=f32), *scales)
+            + (spec(b, 3000, d, dtype=f32), spec(b, 3000, d, dtype=f32), *cache, spec(dtype=jnp.int32)),
+        ),
+        "residual_rms": (
+            functools.partial(residual_norm.residual_rms, **off),
+            (spec(b, 1, width), spec(b, 1, width)),
+        ),
+    }
+    triton = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    for name, (fn, args) in calls.items():
+        module = export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=triton)(*args).mlir_module()
+        assert "__gpu$xla.gpu.triton" in module and name in module, name

@@ -204,6 +204,36 @@ def test_fused_mlp_is_the_checkpoint_mlp_and_one_row_runs_as_reductions():
     assert "dot_general" in primitives(x_b3e)
 
 
+def test_one_row_logits_of_the_fused_layout_are_a_reduction_over_the_tied_table():
+    """A batch-1 decode step's LM head in the inference layout is `layers.matvec` over the tied `[V, E]`
+    embedding (one reduction fusion); other shapes and the checkpoint layout keep the dot. Same logits."""
+    cfg = vlm.text_config("tiny", tie_embeddings=True)
+    hidden = jax.random.normal(jax.random.key(0), (2, 3, cfg.width))
+    layouts = {
+        fused: vlm.TextDecoder(dataclasses.replace(cfg, fused_projections=fused)) for fused in (False, True)
+    }
+    table = jax.random.normal(jax.random.key(1), (cfg.vocab_size, cfg.width))
+    params = {"embed": {"embedding": table}}
+
+    def logits(fused, h):
+        return layouts[fused].apply({"params": params}, h, method=vlm.TextDecoder.logits)
+
+    def primitives(fused, h):
+        jaxpr = jax.make_jaxpr(lambda h: logits(fused, h))(h)
+        return {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+
+    ref = np.einsum("ble,ve->blv", np.asarray(hidden), np.asarray(table))
+    for fused in (False, True):
+        for h in (hidden, hidden[:1, 1:2]):
+            got = logits(fused, h)
+            assert got.shape == (h.shape[0], h.shape[1], cfg.vocab_size) and got.dtype == jnp.float32
+            want = ref if h.shape[0] == 2 else ref[:1, 1:2]
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+            one_row = fused and h.shape[0] * h.shape[1] == 1
+            assert ("dot_general" in primitives(fused, h)) == (not one_row)
+            assert ("reduce_sum" in primitives(fused, h)) == one_row
+
+
 def test_one_token_residual_stream_sits_behind_a_barrier_only_in_the_fused_layout():
     h = jnp.ones((1, 1, 8))
 

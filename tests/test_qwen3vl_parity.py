@@ -129,20 +129,29 @@ def test_decode_step_matches_full_forward(models):
 
 
 def test_prefill_logits_are_the_full_forward_at_each_last_valid_token(models):
-    """The prefill runs the LM head on one row per sample; right padding of unequal prompts included."""
+    """The prefill runs the LM head on one row per sample; right padding of unequal prompts included,
+    and the padding to a multiple of `generation.PREFILL_ALIGN` tokens that the prefill adds itself."""
     cfg, _, params = models
     rng = np.random.default_rng(7)
     texts = [rng.integers(0, 400, 9), rng.integers(0, 400, 3)]
     arrays = image_prompt(cfg, [[(1, 2, 4)], [(1, 2, 2)]], texts, rng, pad_left=False)
     prompt = qwen3vl_inputs.prompt_inputs(cfg, **arrays)
-    logits_bv, _ = generation.prefill(
-        qwen3vl.Qwen3VL(cfg), params, prompt, cache_size=prompt.tokens_bl.shape[1] + 2
-    )
+    length = prompt.tokens_bl.shape[1]
+    logits_bv, cache = generation.prefill(qwen3vl.Qwen3VL(cfg), params, prompt, cache_size=length + 2)
     full, valid = run_ours(cfg, params, arrays)
     last = valid.sum(axis=1) - 1
     assert last[0] != last[1]
     assert logits_bv.shape == (2, full.shape[-1])
     np.testing.assert_allclose(np.asarray(logits_bv), full[np.arange(2), last], atol=TOL)
+    # The prompt was padded by invalid slots to the next multiple of 8; decoding continues after them.
+    padded = -(-length // generation.PREFILL_ALIGN) * generation.PREFILL_ALIGN
+    assert length % generation.PREFILL_ALIGN and int(cache.index) == padded
+    assert cache.valid_bs.shape[1] >= padded + 2
+    np.testing.assert_array_equal(np.asarray(cache.valid_bs[:, :length]), np.asarray(prompt.valid_bl))
+    assert not np.asarray(cache.valid_bs[:, length:]).any()
+    aligned = generation.pad_prompt(prompt)
+    assert aligned.tokens_bl.shape == (2, padded) and generation.pad_prompt(aligned) is aligned
+    np.testing.assert_array_equal(np.asarray(aligned.image_slots_bl[:, length:]), -1)
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -165,13 +165,17 @@ def run(
         scan_layers=scan_layers,
         fused_projections=fused_projections and not scan_layers,
     )
-    # The ViT stays scanned, as in `alpamayo.inference_layout` (`scan_layers` is the text decoder's and
-    # the expert's layout here).
-    cfg = dataclasses.replace(
-        cfg, vlm=dataclasses.replace(cfg.vlm, vision=dataclasses.replace(cfg.vlm.vision, scan_layers=True))
-    )
-    if decode_attention == "pallas" and cfg.expert.fused_projections:  # the flow steps' kernel too
-        cfg = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, prefix_attention="pallas"))
+    if not scan_layers and cfg.vlm.text.fused_projections:
+        # The inference layout of `compile_policy`'s users (`alpamayo.inference_layout`: among others the
+        # ViT scanned with its LayerNorms' own affine), with this run's attention choices.
+        cfg = alpamayo.inference_layout(cfg)
+        text = dataclasses.replace(cfg.vlm.text, decode_attention=decode_attention)
+        expert = dataclasses.replace(cfg.expert, prefix_attention=decode_attention)  # the flow steps' kernel
+        cfg = dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, text=text), expert=expert)
+    else:  # a training layout of the towers; the ViT stays scanned (`scan_layers` is the text decoder's
+        # and the expert's layout here)
+        vision = dataclasses.replace(cfg.vlm.vision, scan_layers=True)
+        cfg = dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, vision=vision))
     params = init_params(cfg)
     prompt, history = release_prompt(cfg, batch, np.random.default_rng(0), shapes)
     prompt, history = jax.device_put((prompt, history))
