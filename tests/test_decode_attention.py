@@ -484,29 +484,40 @@ def test_every_kernel_lowers_to_triton_for_a_gpu_without_one():
     scales = (spec(d, dtype=f32), spec(d, dtype=f32))
     cache = (spec(b, k, slots, d), spec(b, k, slots, d))
     off = dict(eps=1e-6, interpret=False)
-    calls = {
-        "decode_layer_attention": (
+    calls = [  # (the kernels' names, the call, its arguments)
+        (
+            ("decode_layer_attention", "attention_split_combine"),
             functools.partial(decode_attention.fused_decode_attention, norm_eps=1e-6, **off),
             (spec(b, k, g + 2, d), spec(b, width), *scales, spec(b, d, dtype=f32), spec(b, d, dtype=f32))
             + (*cache, spec(b, slots, dtype=bool), spec(dtype=jnp.int32)),
         ),
-        "expert_prefix_attention": (
+        (
+            ("expert_prefix_attention", "expert_split_combine"),
             functools.partial(decode_attention.fused_prefix_attention, **off),
             (spec(b, tokens, k, 3, d), spec(b, tokens, 1, dtype=f32), *scales)
             + (spec(b, tokens, d, dtype=f32), spec(b, tokens, d, dtype=f32))
             + (*cache, spec(b, slots, dtype=bool)),
         ),
-        "prefill_attention_prologue": (
+        (
+            ("prefill_attention_prologue",),
             functools.partial(decode_attention.fused_prefill_qkv, **off),
             (spec(b, 3000, k, g + 2, d), spec(b, 3000, 1, dtype=f32), *scales)
             + (spec(b, 3000, d, dtype=f32), spec(b, 3000, d, dtype=f32), *cache, spec(dtype=jnp.int32)),
         ),
-        "residual_rms": (
+        (
+            ("decode_cache_attention",),
+            functools.partial(decode_attention.cache_attention, interpret=False),
+            (spec(b, k, g, d), *cache, spec(b, slots, dtype=bool)),
+        ),
+        (
+            ("residual_rms",),
             functools.partial(residual_norm.residual_rms, **off),
             (spec(b, 1, width), spec(b, 1, width)),
         ),
-    }
+    ]
     triton = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-    for name, (fn, args) in calls.items():
+    for names, fn, args in calls:
         module = export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=triton)(*args).mlir_module()
-        assert "__gpu$xla.gpu.triton" in module and name in module, name
+        assert module.count("__gpu$xla.gpu.triton(") == len(names), names
+        for name in names:
+            assert name in module, name
