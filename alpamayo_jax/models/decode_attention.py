@@ -156,13 +156,20 @@ def _combine_kernel(acc_ref, m_ref, lsum_ref, out_ref, *, splits: int):
     out_ref[...] = out.astype(out_ref.dtype)
 
 
+def _combine_tiles(splits: int, rows: int, d: int) -> tuple[int, plgpu.CompilerParams]:
+    """(the split axis padded to a power of two, the compiler parameters) of a `_combine_kernel` call
+    whose programs merge `rows` rows of width `d`: 8 warps once a program holds more than 8,192 values."""
+    padded = 1 << (splits - 1).bit_length()
+    return padded, plgpu.CompilerParams(num_warps=4 if padded * rows * d <= 8192 else 8, num_stages=1)
+
+
 def _combine_splits(acc: jax.Array, m: jax.Array, lsum: jax.Array, dtype, interpret: bool) -> jax.Array:
     """The normalised decode attention output `[B, K, G, D]` in `dtype` from the fused kernel's float32
     split partials (acc `[B, K, N, G, D]`, m and lsum `[B, K, N, G]`), in one small Pallas kernel with
     a program per (batch, kv head). XLA needs two kernels (the max over the splits, then the rescaled
     sums): 4.6 us per decode layer against 2.1 in the microbenchmark."""
     b, k, splits, g, d = acc.shape
-    padded = 1 << (splits - 1).bit_length()
+    padded, params = _combine_tiles(splits, g, d)
     return pl.pallas_call(
         functools.partial(_combine_kernel, splits=splits),
         grid=(b, k),
@@ -173,7 +180,7 @@ def _combine_splits(acc: jax.Array, m: jax.Array, lsum: jax.Array, dtype, interp
         ],
         out_specs=pl.BlockSpec((None, None, g, d), lambda i, j: (i, j, 0, 0)),
         out_shape=jax.ShapeDtypeStruct((b, k, g, d), dtype),
-        compiler_params=plgpu.CompilerParams(num_warps=4 if padded * g * d <= 8192 else 8, num_stages=1),
+        compiler_params=params,
         interpret=interpret,
         name="attention_split_combine",
     )(acc, m, lsum)
@@ -187,7 +194,7 @@ def _combine_token_splits(
     (batch, kv head, group member, `block_l` tokens) merges all splits at once (`_combine_kernel` with
     the tokens as its row axis) and writes its rows straight into the output's token-major layout."""
     b, k, g, splits, length, d = acc.shape
-    padded = 1 << (splits - 1).bit_length()
+    padded, params = _combine_tiles(splits, block_l, d)
     return pl.pallas_call(
         functools.partial(_combine_kernel, splits=splits),
         grid=(b, k, g, length // block_l),
@@ -198,9 +205,7 @@ def _combine_token_splits(
         ],
         out_specs=pl.BlockSpec((None, block_l, None, d), lambda i, j, q, t: (i, t, j * g + q, 0)),
         out_shape=jax.ShapeDtypeStruct((b, length, k * g, d), dtype),
-        compiler_params=plgpu.CompilerParams(
-            num_warps=4 if padded * block_l * d <= 8192 else 8, num_stages=1
-        ),
+        compiler_params=params,
         interpret=interpret,
         name="expert_split_combine",
     )(acc, m, lsum)
