@@ -290,7 +290,10 @@ def test_unstacked_inference_layout_matches_the_scanned_model(setup, layout):
         flat_cfg = dataclasses.replace(
             flat_cfg,
             vlm=dataclasses.replace(
-                flat_cfg.vlm, text=dataclasses.replace(flat_cfg.vlm.text, decode_attention="pallas")
+                flat_cfg.vlm,
+                text=dataclasses.replace(
+                    flat_cfg.vlm.text, decode_attention="pallas", decode_projections="pallas"
+                ),
             ),
             expert=dataclasses.replace(flat_cfg.expert, prefix_attention="pallas"),
         )
@@ -317,7 +320,8 @@ def test_unstacked_inference_layout_matches_the_scanned_model(setup, layout):
     assert isinstance(cache_b.k, tuple) and len(cache_b.k) == cfg.vlm.text.num_layers  # per-layer buffers
     np.testing.assert_allclose(cache_a.k, np.stack(cache_b.k), atol=1e-5)
     np.testing.assert_allclose(cache_a.v, np.stack(cache_b.v), atol=1e-5)
-    # One sample: the fused layout's one-token steps run the MLP as reductions (`layers.matvec`).
+    # One sample: the fused layout's one-token steps run the MLP as reductions (`layers.matvec`), and
+    # with the Pallas kernels as `decode_mlp`'s (o, gate_up and down with the adds and norm inside).
     prompt1 = batch_lib.prompt_before_reasoning(batch_lib.fake(cfg, 1, seed=1), 6)
     tokens1_a, _, cache1_a, _ = inference.reason(cfg, icfg, params, prompt1, jax.random.key(0))
     tokens1_b, _, cache1_b, _ = inference.reason(flat_cfg, icfg, flat, prompt1, jax.random.key(0))

@@ -473,7 +473,7 @@ def test_every_kernel_lowers_to_triton_for_a_gpu_without_one():
     the GPU host."""
     from jax import export
 
-    from alpamayo_jax.models import residual_norm
+    from alpamayo_jax.models import decode_mlp, residual_norm
 
     bf16, f32 = jnp.bfloat16, jnp.float32
     b, k, g, d, slots, tokens, width = 1, 8, 2, 128, 3072, 64, 2048
@@ -513,6 +513,16 @@ def test_every_kernel_lowers_to_triton_for_a_gpu_without_one():
             ("residual_rms",),
             functools.partial(residual_norm.residual_rms, **off),
             (spec(b, 1, width), spec(b, 1, width)),
+        ),
+        (
+            ("decode_residual_matvec",),
+            functools.partial(decode_mlp.residual_matvec, interpret=False),
+            (spec(1, 6144), spec(width, 6144), spec(1, width)),
+        ),
+        (
+            ("decode_gate_up_swiglu",),
+            functools.partial(decode_mlp.gate_up_swiglu, **off),
+            (spec(1, width), spec(2, 6144, width)),
         ),
     ]
     triton = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]

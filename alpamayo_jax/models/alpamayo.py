@@ -225,13 +225,14 @@ def is_scanned(cfg: AlpamayoConfig) -> bool:
 def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
     """`cfg` in the inference layout: per-layer parameters and fused projections in the text decoder
     and the expert (convert a checkpoint's parameters with `to_layout`), and on a GPU the
-    fused Pallas attention kernels in the text decoder's decode steps and the expert's flow steps.
+    fused Pallas attention kernels in the text decoder's decode steps and the expert's flow steps,
+    and `decode_mlp`'s kernels in the decode steps' projections.
     The ViT stays scanned: it is compute-bound (unstacking it measured no faster, and compiles
     slower); its LayerNorms apply their own affine (`VisionConfig.fold_norms` off: a training-time
     saving that would cost a kernel product per call here)."""
     flat = dict(scan_layers=False, fused_projections=True)
     impl = decode_attention.default_impl()
-    text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=impl)
+    text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=impl, decode_projections=impl)
     vision = dataclasses.replace(cfg.vlm.vision, scan_layers=True, fold_norms=False)
     expert = dataclasses.replace(cfg.expert, **flat, prefix_attention=impl)
     vlm = dataclasses.replace(cfg.vlm, text=text, vision=vision)

@@ -7,7 +7,7 @@ that map them to mesh axes). Norms and softmax run in float32 whatever the compu
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -381,7 +381,11 @@ class DenseOutMajor(nn.Module):
     row_reduce: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, apply: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+    ) -> jax.Array:
+        """`apply(x, kernel)`, when given, replaces the product (a caller's fused kernel, such as
+        `decode_mlp`'s); both arrive in the compute dtype."""
         fan_out = int(np.prod(self.features))
 
         def init(rng, shape, dtype=jnp.float32):
@@ -395,6 +399,8 @@ class DenseOutMajor(nn.Module):
             self.param_dtype,
         )
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if apply is not None:
+            return apply(x, kernel)
         if self.row_reduce and math.prod(x.shape[:-1]) == 1:
             return matvec(kernel, x)
         return jnp.tensordot(x, kernel, axes=((x.ndim - 1,), (len(self.features),)))
@@ -450,12 +456,15 @@ def fused_qkv(x_bld: jax.Array, num_heads: int, num_kv_heads: int, head_dim: int
     )(x_bld)
 
 
-def out_projection(out_blhd: jax.Array, width: int, fused: bool, **dense: Any) -> jax.Array:
+def out_projection(
+    out_blhd: jax.Array, width: int, fused: bool, apply: Callable | None = None, **dense: Any
+) -> jax.Array:
     """The attention output projection `[B, L, H, D] -> [B, L, E]` (kernel `o`): `[H * D, E]` in the
-    checkpoint layout, output-major `[E, H * D]` in the fused (inference) layout."""
+    checkpoint layout, output-major `[E, H * D]` in the fused (inference) layout (where `apply`, if
+    given, replaces the product: `DenseOutMajor`)."""
     out = out_blhd.reshape(*out_blhd.shape[:-2], out_blhd.shape[-2] * out_blhd.shape[-1])
     if fused:
-        return DenseOutMajor((width,), ("embed", "q_heads_head_dim"), name="o", **dense)(out)
+        return DenseOutMajor((width,), ("embed", "q_heads_head_dim"), name="o", **dense)(out, apply)
     return Dense(width, ("q_heads_head_dim", "embed"), name="o", **dense)(out)
 
 

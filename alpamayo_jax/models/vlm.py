@@ -16,11 +16,15 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from alpamayo_jax.models import decode_attention, layers, residual_norm
+from alpamayo_jax.models import decode_attention, decode_mlp, layers, residual_norm
 
 # How a one-token decode step attends to the KV cache: "xla" (einsums and reductions, the reference) or
 # "pallas" (one fused flash-decoding kernel, `decode_attention.py`; interpreted off the GPU).
 DECODE_ATTENTION = ("xla", "pallas")
+# How a batch-1 decode step runs the rest of a fused-layout layer after the attention (o, the residual
+# adds, the post-norm, gate_up, SwiGLU, down): "xla" (reductions and elementwise kernels) or "pallas"
+# (`decode_mlp`'s matrix-vector kernels with that work in their prologues and epilogues).
+DECODE_PROJECTIONS = ("xla", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,7 @@ class TextConfig:
     # and the pre-norms' scales folded into qkv / gate_up (`alpamayo.to_layout` converts).
     fused_projections: bool = False
     decode_attention: str = "xla"  # one of DECODE_ATTENTION
+    decode_projections: str = "xla"  # one of DECODE_PROJECTIONS; "pallas" applies with `fused_decode`
 
     @property
     def fused_decode(self) -> bool:
@@ -58,10 +63,21 @@ class TextConfig:
         per_layer_fused = self.fused_projections and not self.scan_layers
         return self.decode_attention == "pallas" and per_layer_fused and self.width & (self.width - 1) == 0
 
+    def fused_decode_row(self, h_bld: jax.Array) -> bool:
+        """Whether a step on `h_bld` runs the layer after its attention as `decode_mlp`'s kernels: a
+        one-token, batch-1 decode step with `fused_decode` and `decode_projections` "pallas"."""
+        one_row = h_bld.shape[0] * h_bld.shape[1] == 1
+        return self.fused_decode and self.decode_projections == "pallas" and one_row
+
     def __post_init__(self):
         if self.decode_attention not in DECODE_ATTENTION:
             raise ValueError(
                 f"TextConfig.decode_attention {self.decode_attention!r}; known: {', '.join(DECODE_ATTENTION)}"
+            )
+        if self.decode_projections not in DECODE_PROJECTIONS:
+            raise ValueError(
+                f"TextConfig.decode_projections {self.decode_projections!r}; "
+                f"known: {', '.join(DECODE_PROJECTIONS)}"
             )
         if self.decode_attention == "pallas" and self.scan_layers:
             # flax's nn.scan traces its body for loop-invariant outputs and fails on a Pallas GPU kernel
@@ -204,7 +220,9 @@ class Attention(nn.Module):
     returned k/v into it), except with `cfg.fused_decode`, where one kernel also writes the new key and
     value at slot `cache_index` and the updated cache buffers are returned in place of the k/v. With
     `cfg.fused_decode` a prefill (L > 1 with cache buffers) also writes its keys and values from the
-    kernel that prepares the attention's inputs (`decode_attention.fused_prefill_qkv`).
+    kernel that prepares the attention's inputs (`decode_attention.fused_prefill_qkv`). Given
+    `residual_bld` (a `cfg.fused_decode_row` step) the output is that row plus the projected attention,
+    in one kernel (`decode_mlp.residual_matvec`).
     """
 
     cfg: TextConfig
@@ -221,6 +239,7 @@ class Attention(nn.Module):
         cache_mask_bs=None,
         inv_rms_bl1=None,
         cache_index=None,
+        residual_bld=None,
     ):
         cfg = self.cfg
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
@@ -256,7 +275,14 @@ class Attention(nn.Module):
                 eps=cfg.rms_eps,
                 norm_eps=cfg.rms_eps,
             )
-            return layers.out_projection(out, cfg.width, True, **dense), (cache_k, cache_v)
+            apply = None
+            if residual_bld is not None:  # `cfg.fused_decode_row`: h + o(out) in one kernel
+
+                def apply(x, kernel):
+                    row = decode_mlp.residual_matvec(x[0], kernel, residual_bld[0])
+                    return row.reshape(residual_bld.shape)
+
+            return layers.out_projection(out, cfg.width, True, apply, **dense), (cache_k, cache_v)
         q, k, v = layers.qkv_projection(
             x_bld, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.fused_projections, **dense
         )
@@ -291,9 +317,25 @@ class MLP(nn.Module):
     fused: bool = False
 
     @nn.compact
-    def __call__(self, x, inv_rms_bl1=None):
-        """`inv_rms_bl1`: the factor of a folded pre-norm (`layers.pre_norm`; fused layout only)."""
+    def __call__(self, x, inv_rms_bl1=None, residual_eps=None):
+        """`inv_rms_bl1`: the factor of a folded pre-norm (`layers.pre_norm`; fused layout only).
+
+        `residual_eps` (a `TextConfig.fused_decode_row` step; fused layout): x is the raw residual row
+        `[1, 1, E]` before the folded pre-norm, whose 1/RMS the kernels take with this eps, and the
+        result is x + MLP(norm(x)) from `decode_mlp`'s two kernels."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if residual_eps is not None:
+            gate_up = layers.DenseOutMajor(
+                (2, self.mlp_dim), ("gate_up", "mlp", "embed"), name="gate_up", **kw
+            )
+            h_1e = x.reshape(1, x.shape[-1])
+            act = gate_up(h_1e, lambda row, kernel: decode_mlp.gate_up_swiglu(row, kernel, residual_eps))
+            down = layers.DenseOutMajor((self.width,), ("embed", "mlp"), name="down", **kw)
+            if decode_mlp.PALLAS_DOWN:
+                out = down(act, lambda row, kernel: decode_mlp.residual_matvec(row, kernel, h_1e))
+            else:
+                out = h_1e + down(act, lambda row, kernel: layers.matvec(kernel, row))
+            return out.reshape(x.shape)
         if self.fused:
             gate_up = layers.DenseOutMajor(
                 (2, self.mlp_dim), ("gate_up", "mlp", "embed"), name="gate_up", row_reduce=True, **kw
@@ -331,10 +373,23 @@ class DecoderLayer(nn.Module):
         # The fused (inference) layout folds the norms' scales into the qkv / gate_up kernels.
         folded = cfg.fused_projections
         x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "input_norm")
+        row = cfg.fused_decode_row(h)  # the residual adds and the post-norm inside `decode_mlp`'s kernels
         attn, kv = Attention(cfg, name="attn")(
-            x, cos_bld, sin_bld, valid_bl, cache_k, cache_v, cache_mask_bs, inv_rms, cache_index
+            x,
+            cos_bld,
+            sin_bld,
+            valid_bl,
+            cache_k,
+            cache_v,
+            cache_mask_bs,
+            inv_rms,
+            cache_index,
+            h if row else None,
         )
-        if cfg.fused_decode and h.shape[1] == 1:  # a decode step: the add and the factor in one kernel
+        mlp = MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")
+        if row:
+            h = layers.residual_row(mlp(attn, residual_eps=cfg.rms_eps), True)
+        elif cfg.fused_decode and h.shape[1] == 1:  # a decode step: the add and the factor in one kernel
             h, inv_rms = residual_norm.residual_rms(h, attn, cfg.rms_eps)
             x = h
         else:
@@ -343,8 +398,8 @@ class DecoderLayer(nn.Module):
             if folded:  # x is h itself: the row and its norm factor pass the barrier once
                 h, inv_rms = layers.residual_row((h, inv_rms), True)
                 x = h
-        h = h + MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")(x, inv_rms)
-        h = layers.residual_row(h, folded)
+        if not row:
+            h = layers.residual_row(h + mlp(x, inv_rms), folded)
         if deepstack_nbld is not None:
             n = deepstack_nbld.shape[0]
             add = jax.lax.dynamic_index_in_dim(deepstack_nbld, jnp.minimum(i, n - 1), keepdims=False)
