@@ -26,12 +26,15 @@ def test_tiny_inference_benchmark(tokenizer, vision_tokens, runs):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert (tokenizer in result["params_b"]) == (tokenizer != "per_image")
     assert result["decode_attention"] == "xla" and result["prefix_attention"] == "xla"  # the CPU default
+    assert result["decode_projections"] == "xla"
 
 
 def test_tiny_inference_benchmark_with_the_pallas_kernels():
-    """On a GPU the benchmark runs both fused kernels (decode steps and flow steps); here interpreted."""
+    """On a GPU the benchmark runs the fused kernels (the decode steps' attention and projections, the flow
+    steps' attention); here interpreted."""
     result = infer.run("tiny", reps=1, flow_steps=(2,), dtype="float32", decode_attention="pallas")
     assert result["decode_attention"] == "pallas" and result["prefix_attention"] == "pallas"
+    assert result["decode_projections"] == "pallas"  # the tiny layer's weights: `decode_mlp.pays_off`
     assert result["compiler_options"] == {}  # the GPU-only XLA options (`inference.compiler_options`)
     assert math.isfinite(result["total_ms"]) and result["total_ms"] > 0
 

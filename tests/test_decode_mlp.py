@@ -148,3 +148,24 @@ def test_batch_one_decode_runs_the_kernels_and_matches_xla():
     want_logits, _ = step(xla_model, cache)
     assert float(jnp.abs(want_logits).max()) > 1.0
     np.testing.assert_allclose(np.asarray(logits), np.asarray(want_logits), rtol=1e-5, atol=1e-4)
+
+
+def test_the_gpu_inference_layout_uses_the_kernels_where_they_measured_faster(monkeypatch):
+    """ar1_2b: 84 MB of o, gate_up and down weights per layer (bf16), where the kernels won; ar1_10b:
+    335 MB, where XLA's reductions won (docs/PERFORMANCE.md, session 13)."""
+    from alpamayo_jax.models import alpamayo
+
+    assert decode_mlp.layer_bytes(2048, 6144, 2048, 2) == 83_886_080
+    assert decode_mlp.layer_bytes(4096, 12288, 4096, 2) == 335_544_320
+    assert alpamayo.inference_layout(alpamayo.alpamayo_config("ar1_2b")).vlm.text.decode_projections == "xla"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # the layout's choice on a GPU
+    chosen = {}
+    for preset in ("tiny", "ar1_2b", "ar1_10b"):
+        cfg = alpamayo.alpamayo_config(preset, dtype="bfloat16", param_dtype="bfloat16")
+        text = alpamayo.inference_layout(cfg).vlm.text
+        chosen[preset] = (text.decode_attention, text.decode_projections, text.fused_decode)
+    assert chosen == {
+        "tiny": ("pallas", "pallas", True),
+        "ar1_2b": ("pallas", "pallas", True),
+        "ar1_10b": ("pallas", "xla", True),
+    }

@@ -167,11 +167,8 @@ def run(
     )
     if not scan_layers and cfg.vlm.text.fused_projections:
         # The inference layout of `compile_policy`'s users (`alpamayo.inference_layout`: among others the
-        # ViT scanned with its LayerNorms' own affine), with this run's attention choices.
-        cfg = alpamayo.inference_layout(cfg)
-        text = dataclasses.replace(cfg.vlm.text, decode_attention=decode_attention)
-        expert = dataclasses.replace(cfg.expert, prefix_attention=decode_attention)  # the flow steps' kernel
-        cfg = dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, text=text), expert=expert)
+        # ViT scanned with its LayerNorms' own affine), with this run's kernel choice.
+        cfg = alpamayo.inference_layout(cfg, decode_attention)
     else:  # a training layout of the towers; the ViT stays scanned (`scan_layers` is the text decoder's
         # and the expert's layout here)
         vision = dataclasses.replace(cfg.vlm.vision, scan_layers=True)
@@ -190,6 +187,7 @@ def run(
         dtype=dtype,
         attention_impl=attention_impl,
         decode_attention=decode_attention,
+        decode_projections=cfg.vlm.text.decode_projections,
         prefix_attention=cfg.expert.prefix_attention,
         compiler_options=inference.compiler_options(),
         layout=dict(scan_layers=scan_layers, fused_projections=cfg.vlm.text.fused_projections),

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from alpamayo_jax.action_space import SPEC_STATS, ControlStats
 from alpamayo_jax.data.batch import Batch
-from alpamayo_jax.models import decode_attention, flow_matching, layers, vision_tokens
+from alpamayo_jax.models import decode_attention, decode_mlp, flow_matching, layers, vision_tokens
 from alpamayo_jax.models.action_expert import ActionExpert, ExpertConfig, expert_config
 from alpamayo_jax.models.flex import FlexConfig, FlexTokenizer, flex_config
 from alpamayo_jax.models.qwen3vl import Qwen3VL, Qwen3VLConfig, qwen3vl_config
@@ -222,17 +222,22 @@ def is_scanned(cfg: AlpamayoConfig) -> bool:
     return cfg.vlm.text.scan_layers and cfg.vlm.vision.scan_layers and cfg.expert.scan_layers
 
 
-def inference_layout(cfg: AlpamayoConfig) -> AlpamayoConfig:
+def inference_layout(cfg: AlpamayoConfig, impl: str | None = None) -> AlpamayoConfig:
     """`cfg` in the inference layout: per-layer parameters and fused projections in the text decoder
-    and the expert (convert a checkpoint's parameters with `to_layout`), and on a GPU the
-    fused Pallas attention kernels in the text decoder's decode steps and the expert's flow steps,
-    and `decode_mlp`'s kernels in the decode steps' projections.
+    and the expert (convert a checkpoint's parameters with `to_layout`), and with `impl` "pallas" (the
+    default on a GPU: `decode_attention.default_impl`) the fused Pallas attention kernels in the text
+    decoder's decode steps and the expert's flow steps, and `decode_mlp`'s kernels in the decode
+    steps' projections where they are the faster (`decode_mlp.pays_off`: ar1_2b, not ar1_10b).
     The ViT stays scanned: it is compute-bound (unstacking it measured no faster, and compiles
     slower); its LayerNorms apply their own affine (`VisionConfig.fold_norms` off: a training-time
     saving that would cost a kernel product per call here)."""
     flat = dict(scan_layers=False, fused_projections=True)
-    impl = decode_attention.default_impl()
-    text = dataclasses.replace(cfg.vlm.text, **flat, decode_attention=impl, decode_projections=impl)
+    impl = decode_attention.default_impl() if impl is None else impl
+    t = cfg.vlm.text
+    itemsize = jnp.dtype(layers.dtype_of(t.dtype)).itemsize
+    faster = decode_mlp.pays_off(t.width, t.mlp_dim, t.num_heads * t.head_dim, itemsize)
+    projections = impl if faster else "xla"
+    text = dataclasses.replace(t, **flat, decode_attention=impl, decode_projections=projections)
     vision = dataclasses.replace(cfg.vlm.vision, scan_layers=True, fold_norms=False)
     expert = dataclasses.replace(cfg.expert, **flat, prefix_attention=impl)
     vlm = dataclasses.replace(cfg.vlm, text=text, vision=vision)
