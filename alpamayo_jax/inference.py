@@ -186,10 +186,6 @@ def sample_policy(
     return jax.tree_util.tree_map(lambda x: x.reshape(batch, k, *x.shape[1:]), out)
 
 
-# XLA's command buffer types for the inference programs: its default kinds plus WHILE and CONDITIONAL.
-COMMAND_BUFFER_TYPES = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
-
-
 def compiler_options() -> dict[str, Any]:
     """XLA options of the inference programs (`jax.jit(..., compiler_options=...)`).
 
@@ -197,14 +193,9 @@ def compiler_options() -> dict[str, Any]:
     then moves the ViT's fc1 bias + tanh-GELU into the cuBLASLt epilogue (with Triton GEMMs enabled it
     stays a separate pass over the `[patches, 4096]` activation) and the other biases into their GEMMs.
     Measured on the ar1_2b policy program on an H100: 115.8 against 117.5 ms of device time per run
-    (docs/PERFORMANCE.md, session 11). The command buffers (CUDA graphs) also take while loops and
-    conditionals (`COMMAND_BUFFER_TYPES`), so the reasoning loop's iterations run from one graph
-    without the host reading the loop predicate between them: -0.9 and -1.0 ms of wall time per ar1_2b
-    policy run in two A/Bs on an H100, the same outputs (session 13). Other backends: none.
+    (docs/PERFORMANCE.md, session 11). Other backends: none.
     """
-    if jax.default_backend() != "gpu":
-        return {}
-    return {"xla_gpu_enable_triton_gemm": False, "xla_gpu_enable_command_buffer": COMMAND_BUFFER_TYPES}
+    return {"xla_gpu_enable_triton_gemm": False} if jax.default_backend() == "gpu" else {}
 
 
 def compile_policy(cfg: AlpamayoConfig, icfg: InferenceConfig) -> Callable[..., dict[str, jax.Array]]:
