@@ -32,7 +32,6 @@ from jax.experimental.pallas import triton as plgpu
 # down 10.61, gate_up 18.83; docs/PERFORMANCE.md).
 RESIDUAL_TILES = (2, 2048, 4, 3)
 GATE_UP_TILES = (1, 2048, 4, 3)
-PALLAS_DOWN = True
 # The kernels stream a weight at about 2.7 TB/s on an H100 against 3.0-3.1 for XLA's reductions, and
 # save four small kernels per layer. Per decode layer of the policy program (session 13): ar1_2b (84 MB
 # of o, gate_up and down weights) 2.5 us faster, ar1_10b (335 MB) 3.6 us slower; a straight line through

@@ -331,10 +331,7 @@ class MLP(nn.Module):
             h_1e = x.reshape(1, x.shape[-1])
             act = gate_up(h_1e, lambda row, kernel: decode_mlp.gate_up_swiglu(row, kernel, residual_eps))
             down = layers.DenseOutMajor((self.width,), ("embed", "mlp"), name="down", **kw)
-            if decode_mlp.PALLAS_DOWN:
-                out = down(act, lambda row, kernel: decode_mlp.residual_matvec(row, kernel, h_1e))
-            else:
-                out = h_1e + down(act, lambda row, kernel: layers.matvec(kernel, row))
+            out = down(act, lambda row, kernel: decode_mlp.residual_matvec(row, kernel, h_1e))
             return out.reshape(x.shape)
         if self.fused:
             gate_up = layers.DenseOutMajor(
