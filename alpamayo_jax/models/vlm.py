@@ -384,18 +384,18 @@ class DecoderLayer(nn.Module):
             h if row else None,
         )
         mlp = MLP(cfg.width, cfg.mlp_dim, dtype, pdtype, cfg.fused_projections, name="mlp")
-        if row:
+        if row:  # attn is already h + o(attention); the MLP's kernels add their own residual
             h = layers.residual_row(mlp(attn, residual_eps=cfg.rms_eps), True)
-        elif cfg.fused_decode and h.shape[1] == 1:  # a decode step: the add and the factor in one kernel
-            h, inv_rms = residual_norm.residual_rms(h, attn, cfg.rms_eps)
-            x = h
         else:
-            h = h + attn
-            x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
-            if folded:  # x is h itself: the row and its norm factor pass the barrier once
-                h, inv_rms = layers.residual_row((h, inv_rms), True)
+            if cfg.fused_decode and h.shape[1] == 1:  # a decode step: the add and the factor in one kernel
+                h, inv_rms = residual_norm.residual_rms(h, attn, cfg.rms_eps)
                 x = h
-        if not row:
+            else:
+                h = h + attn
+                x, inv_rms = layers.pre_norm(h, folded, cfg.rms_eps, dtype, pdtype, "post_norm")
+                if folded:  # x is h itself: the row and its norm factor pass the barrier once
+                    h, inv_rms = layers.residual_row((h, inv_rms), True)
+                    x = h
             h = layers.residual_row(h + mlp(x, inv_rms), folded)
         if deepstack_nbld is not None:
             n = deepstack_nbld.shape[0]
