@@ -1,7 +1,8 @@
 """KV-cached autoregressive decoding of the Qwen3-VL backbone, compiled as one program.
 
 Prefill writes the prompt into a fixed-size cache; the decode loop runs inside `lax.while_loop`
-(one compilation for any number of steps up to the budget). Token choice: greedy, or temperature
+(one compilation for any number of steps up to the budget), or inside a loop of static trip count
+when no sample can stop before the budget (`has_fixed_length`). Token choice: greedy, or temperature
 with nucleus (top-p) sampling; banned ids (e.g. trajectory tokens while reasoning) are masked; each
 sample stops at its own stop token.
 """
@@ -159,8 +160,21 @@ def decode(
     out = jnp.zeros((batch, max_new_tokens), jnp.int32)
     done = jnp.zeros((batch,), bool)
     init = (jnp.zeros((), jnp.int32), logits_bv, cache, next_position_b.astype(jnp.int32), done, out, rng)
-    steps, _, cache, _, _, out, _ = jax.lax.while_loop(cond, body, init)
+    if has_fixed_length(max_new_tokens, sampling, min_new_tokens):
+        # No sample can stop early, so the loop has a static trip count: XLA's GPU runtime then runs it
+        # without the per-step copy of the loop predicate to the host and the wait for it (the data-
+        # dependent loop below drains the GPU once per token), and the host can queue steps ahead.
+        state = jax.lax.fori_loop(0, max_new_tokens, lambda _, s: body(s), init)
+    else:
+        state = jax.lax.while_loop(cond, body, init)
+    steps, _, cache, _, _, out, _ = state
     return out, _lengths(out, steps, sampling.stop_token, min_new_tokens), cache
+
+
+def has_fixed_length(max_new_tokens: int, sampling: SamplingConfig, min_new_tokens: int = 0) -> bool:
+    """True when every sample decodes exactly `max_new_tokens`: no stop token, or one that is ignored
+    for the whole budget (`min_new_tokens >= max_new_tokens`, forced lengths)."""
+    return sampling.stop_token is None or min_new_tokens >= max_new_tokens
 
 
 def _lengths(

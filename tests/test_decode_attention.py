@@ -100,6 +100,9 @@ def test_jit_and_default_chunks():
     assert decode_attention.default_chunk(4, 8, 3072, 128) == 512  # 192 programs
     assert decode_attention.default_chunk(1, 2, 256, 128) == 128
     assert decode_attention.default_chunk(64, 8, 4096, 128) == 4096  # the batch alone fills the GPU
+    assert decode_attention.one_wave_chunk(8, 3072, 64) == 192  # ar1_2b flow: 128 programs
+    assert decode_attention.one_wave_chunk(16, 3072, 64) == 384  # ar1_10b flow: 128 programs
+    assert decode_attention.one_wave_chunk(200, 256, 64) == 256  # no split fits one wave
 
 
 def test_bad_shapes_raise_errors_naming_the_argument():
@@ -531,3 +534,47 @@ def test_every_kernel_lowers_to_triton_for_a_gpu_without_one():
         assert module.count("__gpu$xla.gpu.triton(") == len(names), names
         for name in names:
             assert name in module, name
+
+
+def test_fixed_length_decoding_runs_a_static_loop_with_the_same_tokens_and_cache():
+    """No stop possible (forced lengths, the benchmark's case): a loop of static trip count, which XLA's
+    GPU runtime runs without a host round trip per token; it decodes what the data-dependent loop does."""
+    cfg = qwen3vl.qwen3vl_config("tiny", scan_layers=False, fused_projections=True)
+    rng = np.random.default_rng(5)
+    valid = np.arange(7)[None] < np.array([[7], [4]])
+    prompt = qwen3vl_inputs.prompt_inputs(
+        cfg, np.where(valid, rng.integers(0, 400, (2, 7)), 0), valid.astype(np.int64)
+    )
+    model = qwen3vl.Qwen3VL(cfg)
+    params = nn.unbox(model.init(jax.random.key(1), prompt.tokens_bl, prompt.positions_3bl, prompt.valid_bl))
+    params = jax.tree_util.tree_map(lambda x: 4.0 * x, params["params"])
+    steps, stop = 5, 3
+    banned = jnp.zeros(cfg.text.vocab_size, bool).at[stop].set(True)  # the stop id is never chosen
+    logits, cache = generation.prefill(model, params, prompt, prompt.tokens_bl.shape[1] + steps)
+
+    def run(sampling, min_new):
+        fn = lambda lg, c: generation.decode(  # noqa: E731
+            model, params, lg, c, prompt.next_position_b, jax.random.key(2), steps, sampling, banned, min_new
+        )
+        return jax.jit(fn)(logits, cache), str(jax.make_jaxpr(fn)(logits, cache))
+
+    cases = {
+        "no stop token": (generation.SamplingConfig(0.0, 1.0, None), 0),
+        "forced length": (generation.SamplingConfig(0.0, 1.0, stop), steps),
+        "may stop": (generation.SamplingConfig(0.0, 1.0, stop), 0),
+    }
+    out = {name: run(*case) for name, case in cases.items()}
+    assert [generation.has_fixed_length(steps, *case) for case in cases.values()] == [True, True, False]
+    for name in ("no stop token", "forced length"):
+        assert "while[" not in out[name][1] and "scan[" in out[name][1], name
+    assert "while[" in out["may stop"][1]
+    (tokens, lengths, cache_out), _ = out["may stop"]
+    assert np.asarray(lengths).tolist() == [steps, steps]
+    assert len(np.unique(np.asarray(tokens))) > 1
+    for name in ("no stop token", "forced length"):
+        (tokens_s, lengths_s, cache_s), _ = out[name]
+        np.testing.assert_array_equal(tokens_s, tokens)
+        np.testing.assert_array_equal(lengths_s, lengths)
+        np.testing.assert_array_equal(cache_s.valid_bs, cache_out.valid_bs)
+        for a, b in zip(cache_s.k + cache_s.v, cache_out.k + cache_out.v, strict=True):
+            np.testing.assert_array_equal(a, b)

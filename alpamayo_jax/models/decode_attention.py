@@ -42,6 +42,22 @@ def default_chunk(batch: int, kv_heads: int, length: int, block_s: int) -> int:
     return chunk
 
 
+# SMs of an H100: the most programs that run as one wave.
+WAVE_PROGRAMS = 132
+
+
+def one_wave_chunk(rows: int, length: int, block_s: int) -> int:
+    """Slots per program for the flow's prefix kernel: the smallest multiple of `block_s` dividing
+    `length` whose grid (`rows` x splits) fits one wave of WAVE_PROGRAMS programs (the whole cache if
+    none does). Each program there attends 64 action tokens, so fewer, longer programs pay: ar1_2b
+    (8 rows, 3,072 slots) gets 192 slots, 128 programs: 16.44 against 17.25 us per layer-step for
+    `default_chunk`'s 128 slots and 192 programs on an H100 (docs/PERFORMANCE.md, session 13)."""
+    for chunk in range(block_s, length + 1, block_s):
+        if length % chunk == 0 and rows * (length // chunk) <= WAVE_PROGRAMS:
+            return chunk
+    return length
+
+
 def _kernel(
     q_ref, k_ref, v_ref, mask_ref, acc_ref, m_ref, lsum_ref, *, groups: int, scale: float, block_s: int
 ):
@@ -860,7 +876,8 @@ def fused_prefix_attention(
     with `combine_block_l` a Pallas kernel with that many tokens per program (a power of two dividing
     L), or for None XLA's two reductions and a transposing convert (ar1_2b flow step on an H100: 1.471
     ms of device time with 2 tokens per program, 1.554 with XLA's; docs/PERFORMANCE.md, session 11).
-    Returns `[B, L, K * G, D]` in qkv's dtype.
+    `chunk`: cache slots per program (default `one_wave_chunk`). Returns `[B, L, K * G, D]` in qkv's
+    dtype.
     """
     b, length, k, rows, d = qkv_blkxd.shape
     g, half = rows - 2, d // 2
@@ -871,6 +888,7 @@ def fused_prefix_attention(
     if not _is_power_of_two(length) or length < 16:
         raise ValueError(f"qkv_blkxd has L = {length} tokens; the kernel takes a power of two >= 16")
     slots = cache_k_bksd.shape[2]
+    chunk = one_wave_chunk(b * k * g, slots, block_s) if chunk is None else chunk
     chunk, splits = _splits(b * k * g, slots, block_s, chunk)
     interpret = _interpret(interpret)
     kernel = functools.partial(_prefix_kernel, eps=eps, scale=d**-0.5, block_s=block_s)
