@@ -145,7 +145,10 @@ def decode(
 
     def body(state):
         step, logits, cache, pos, done, out, rng = state
-        rng, sub = jax.random.split(rng)
+        if sampling.temperature > 0.0:
+            rng, sub = jax.random.split(rng)
+        else:  # greedy: the key is never read, so no split kernel per token
+            sub = rng
         token = choose_token(logits, sub, sampling, banned_v)
         token = jnp.where(done, 0, token)
         out = out.at[:, step].set(token)
