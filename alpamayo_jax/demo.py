@@ -11,6 +11,7 @@ the trained one and a constant-velocity baseline, and `report.md` with PNG plots
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -137,19 +138,25 @@ def held_out_batches(config: Any, model_cfg: Any) -> list:
     return list(pipeline.make_loader(data_cfg, model_cfg))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def sample_trajectories(model: Alpamayo, params: Any, batch: Any, rng: jax.Array) -> jax.Array:
+    """6 flow samples `[B, 6, A, 2]` (jitted once per model: both parameter sets share the program)."""
+    return evaluate.sample_trajectories(model, params, batch, rng, num_samples=6, flow_steps=10)
+
+
 def score(model: Alpamayo, params: Any, batches: list, rng: jax.Array) -> tuple[dict[str, float], list]:
     """Mean trajectory metrics over the held-out batches and the sampled waypoints of each."""
-    fn = jax.jit(lambda p, b, r: evaluate.sample_trajectories(model, p, b, r, num_samples=6, flow_steps=10))
     sums: dict[str, float] = {}
     samples = []
     for i, b in enumerate(batches):
-        xy = fn(params, b, jax.random.fold_in(rng, i))
+        xy = sample_trajectories(model, params, b, jax.random.fold_in(rng, i))
         samples.append(np.asarray(xy))
         for k, v in evaluate.trajectory_metrics(xy, b.future_xy_ba2, b.has_trajectory_b).items():
             sums[k] = sums.get(k, 0.0) + float(v)
     return {k: v / len(batches) for k, v in sums.items()}, samples
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def token_trajectories(model: Alpamayo, params: Any, batch: Any) -> jax.Array:
     """The VLM's own trajectory: greedy decoding of the 128 discrete future tokens after the
     teacher-forced prefix (only future-control ids allowed), decoded to controls and integrated:
@@ -178,11 +185,10 @@ def token_trajectories(model: Alpamayo, params: Any, batch: Any) -> jax.Array:
 
 
 def token_score(model: Alpamayo, params: Any, batches: list) -> tuple[dict[str, float], list]:
-    fn = jax.jit(lambda p, b: token_trajectories(model, p, b))
     sums: dict[str, float] = {}
     samples = []
     for b in batches:
-        xy = fn(params, b)
+        xy = token_trajectories(model, params, b)
         samples.append(np.asarray(xy))
         for k, v in evaluate.trajectory_metrics(
             jnp.repeat(xy, 6, 1), b.future_xy_ba2, b.has_trajectory_b
@@ -278,7 +284,12 @@ def run(out: str | os.PathLike, cfg: DemoConfig = DemoConfig()) -> dict[str, Any
     model_cfg = trainer.model_config_of(config.model)
     model = Alpamayo(model_cfg)
     batches = held_out_batches(config, model_cfg)
-    init = nn.unbox(model.init(jax.random.key(config.seed), batches[0], jax.random.key(0)))["params"]
+    # Jitted (an eager init runs the whole forward pass op by op). Both parameter sets on one device the
+    # same way (from the host), so each scoring program compiles once for both.
+    init = jax.jit(
+        lambda b: nn.unbox(model.init(jax.random.key(config.seed), b, jax.random.key(0)))["params"]
+    )(batches[0])
+    init, params = (jax.device_put(jax.device_get(p), jax.devices()[0]) for p in (init, params))
     rng = jax.random.key(123)
     untrained, _ = score(model, init, batches, rng)
     trained, samples = score(model, params, batches, rng)
