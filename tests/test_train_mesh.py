@@ -1,7 +1,9 @@
 """The same tiny run on 1 device and on 8 devices with mesh (2, 2, 2) and FSDP + TP gives the same losses,
 in the scanned layer layout and in the per-layer one (`model.scan_layers=False`)."""
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from alpamayo_jax.train import trainer
@@ -11,6 +13,15 @@ from tests.train_util import tiny_config, use_compilation_cache
 @pytest.fixture(scope="module", autouse=True)
 def cache(tmp_path_factory):
     use_compilation_cache(tmp_path_factory)
+    # Each run's final checkpoint without orbax's replica-parallel saving (its CPU default; it slices
+    # every replicated shard per device, one small compile per device and shape: about 20 of this
+    # test's 140 s). What is saved is the same; the test compares the runs' losses.
+    default = ocp.type_handlers.get_type_handler(jax.Array)
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+    )
+    yield
+    ocp.type_handlers.register_type_handler(jax.Array, default, override=True)
 
 
 def test_one_device_and_eight_device_mesh_agree(tmp_path):
