@@ -1,6 +1,7 @@
 """The composed Alpamayo-R1 model: the knowledge-insulation cut, sizes, and the inference path."""
 
 import dataclasses
+import functools
 import pathlib
 
 import flax.linen as nn
@@ -24,11 +25,29 @@ def tiny(insulation=True):
     return dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, knowledge_insulation=insulation))
 
 
+# The model runs jitted here: eagerly (op by op) its init, forwards and decodes took 10 to 40 s each on CPU.
+@functools.partial(jax.jit, static_argnums=0)
+def forward(cfg, params, batch):
+    """The training forward's outputs (losses, accuracies, dropped loss tokens)."""
+    return alpamayo.Alpamayo(cfg).apply({"params": params}, batch, jax.random.key(3))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def velocity(cfg, params, x, t, k, v, valid, first):
+    return alpamayo.Alpamayo(cfg).apply(
+        {"params": params}, x, t, k, v, valid, first, method=alpamayo.Alpamayo.velocity
+    )
+
+
+reason = jax.jit(inference.reason, static_argnums=(0, 1))
+
+
 @pytest.fixture(scope="module")
 def setup():
     cfg = tiny()
     batch = batch_lib.fake(cfg, 2, seed=0)
-    params = nn.unbox(alpamayo.Alpamayo(cfg).init(jax.random.key(0), batch, jax.random.key(1)))["params"]
+    init = jax.jit(lambda b: alpamayo.Alpamayo(cfg).init(jax.random.key(0), b, jax.random.key(1)))
+    params = nn.unbox(init(batch))["params"]
     return cfg, batch, params
 
 
@@ -37,7 +56,7 @@ def grads(cfg, params, batch, loss_names):
         out = alpamayo.Alpamayo(cfg).apply({"params": p}, batch, jax.random.key(3))
         return sum(out[n] for n in loss_names)
 
-    g = jax.grad(loss)(params)
+    g = jax.jit(jax.grad(loss))(params)
     return {part: max(float(jnp.abs(x).max()) for x in jax.tree_util.tree_leaves(g[part])) for part in g}
 
 
@@ -60,7 +79,7 @@ def test_cross_entropy_trains_the_vlm_and_not_the_expert(setup, insulation):
 
 def test_losses_are_finite_and_masks_select_the_right_tokens(setup):
     cfg, batch, params = setup
-    out = alpamayo.Alpamayo(cfg).apply({"params": params}, batch, jax.random.key(3))
+    out = forward(cfg, params, batch)
     for name in ("text_ce", "traj_ce", "flow"):
         assert np.isfinite(out[name]) and out[name] > 0
     # Untrained: CE near log(vocab).
@@ -78,21 +97,20 @@ def test_losses_are_finite_and_masks_select_the_right_tokens(setup):
 
 def test_loss_position_budget_matches_full_computation(setup):
     cfg, batch, params = setup
-    full = alpamayo.Alpamayo(cfg).apply({"params": params}, batch, jax.random.key(3))
+    full = forward(cfg, params, batch)
     needed = int((np.asarray(batch.text_loss_bl) + np.asarray(batch.traj_loss_bl)).sum(1).max())
     budget = dataclasses.replace(cfg, max_loss_tokens=needed)
-    out = alpamayo.Alpamayo(budget).apply({"params": params}, batch, jax.random.key(3))
+    out = forward(budget, params, batch)
     for name in ("text_ce", "traj_ce", "flow"):
         np.testing.assert_allclose(out[name], full[name], rtol=1e-5)
     assert int(out["loss_tokens_dropped"]) == 0
-    short = alpamayo.Alpamayo(dataclasses.replace(cfg, max_loss_tokens=needed - 5))
-    assert int(short.apply({"params": params}, batch, jax.random.key(3))["loss_tokens_dropped"]) == 10
+    short = dataclasses.replace(cfg, max_loss_tokens=needed - 5)
+    assert int(forward(short, params, batch)["loss_tokens_dropped"]) == 10
     # A budget above a row's loss count fills the row up with its last position; when that position
     # carries a loss (a row without padding) it must still count once.
     last_w = np.asarray(batch.traj_loss_bl)[:, -1] + np.asarray(batch.text_loss_bl)[:, -1]
     assert last_w.max() > 0 and needed + 3 < batch.tokens_bl.shape[1] - 1
-    roomy = alpamayo.Alpamayo(dataclasses.replace(cfg, max_loss_tokens=needed + 3))
-    out = roomy.apply({"params": params}, batch, jax.random.key(3))
+    out = forward(dataclasses.replace(cfg, max_loss_tokens=needed + 3), params, batch)
     for name in ("text_ce", "traj_ce", "text_accuracy", "traj_accuracy"):
         np.testing.assert_allclose(out[name], full[name], rtol=1e-5)
 
@@ -192,13 +210,11 @@ def test_cached_prefix_gives_the_same_velocity_as_the_training_forward(setup):
     cfg, batch, params = setup
     prompt = batch_lib.prompt_before_reasoning(batch, 6)
     icfg = inference.InferenceConfig(max_reasoning_tokens=4, temperature=0.0)
-    tokens, lengths, cache, first = inference.reason(cfg, icfg, params, prompt, jax.random.key(0))
+    tokens, lengths, cache, first = reason(cfg, icfg, params, prompt, jax.random.key(0))
     model = alpamayo.Alpamayo(cfg)
     x = jax.random.normal(jax.random.key(5), (2, 64, 2))
     t = jnp.array([0.3, 0.7])
-    v_cache = model.apply(
-        {"params": params}, x, t, cache.k, cache.v, cache.valid_bs, first, method=alpamayo.Alpamayo.velocity
-    )
+    v_cache = velocity(cfg, params, x, t, cache.k, cache.v, cache.valid_bs, first)
     stop = cfg.tokens.special_id("traj_future_start")
     for b in range(2):
         n = int(prompt.valid_bl[b].sum())
@@ -211,21 +227,14 @@ def test_cached_prefix_gives_the_same_velocity_as_the_training_forward(setup):
         images = jax.tree_util.tree_map(lambda a, b=b: a[b : b + 1], batch.images)
         slots = np.concatenate([np.asarray(prompt.image_slots_bl[b, :n]), np.full(len(seq) - n, -1)])
 
-        def forward(m, seq=seq, pos=pos, images=images, slots=slots):
+        def prefix_kv(m, seq=seq, pos=pos, images=images, slots=slots):
             embeds, ds = m.vlm.embed(jnp.asarray(seq)[None], images, jnp.asarray(slots)[None])
             _, kv = m.vlm.text(embeds, jnp.asarray(pos)[:, None], jnp.ones((1, len(seq)), bool), None, ds)
             return kv
 
-        k, v = nn.apply(forward, model)({"params": params})
-        v_full = model.apply(
-            {"params": params},
-            x[b : b + 1],
-            t[b : b + 1],
-            k,
-            v,
-            jnp.ones((1, len(seq)), bool),
-            first[b : b + 1],
-            method=alpamayo.Alpamayo.velocity,
+        k, v = jax.jit(nn.apply(prefix_kv, model))({"params": params})
+        v_full = velocity(
+            cfg, params, x[b : b + 1], t[b : b + 1], k, v, jnp.ones((1, len(seq)), bool), first[b : b + 1]
         )
         np.testing.assert_allclose(v_cache[b], v_full[0], atol=2e-4)
 
@@ -257,7 +266,7 @@ def test_layer_loop_training_layout_matches_the_scanned_model(setup):
             out = alpamayo.Alpamayo(cfg).apply({"params": p}, batch, jax.random.key(3))
             return out["text_ce"] + out["traj_ce"] + out["flow"]
 
-        return jax.value_and_grad(loss)(p)
+        return jax.jit(jax.value_and_grad(loss))(p)
 
     ref_loss, ref_grad = loss_and_grad(scanned_cfg, params)
     loss, grad = loss_and_grad(loop_cfg, flat)
@@ -305,16 +314,16 @@ def test_unstacked_inference_layout_matches_the_scanned_model(setup, layout):
     )
     assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(flat)
     if layout != "fused_pallas":  # the Pallas kernels are inference-only (no gradient, no training loss)
-        ref = alpamayo.Alpamayo(cfg).apply({"params": params}, batch, jax.random.key(3))
-        out = alpamayo.Alpamayo(flat_cfg).apply({"params": flat}, batch, jax.random.key(3))
+        ref = forward(cfg, params, batch)
+        out = forward(flat_cfg, flat, batch)
         for name in ("text_ce", "traj_ce", "flow"):
             np.testing.assert_allclose(out[name], ref[name], rtol=1e-5)
     # Inference: same reasoning, same cache, same velocity (the flow itself amplifies rounding through
     # its 100 Hz Fourier features, so it is compared one step at a time).
     prompt = batch_lib.prompt_before_reasoning(batch, 6)
     icfg = inference.InferenceConfig(max_reasoning_tokens=4, temperature=0.0)
-    tokens_a, _, cache_a, first_a = inference.reason(cfg, icfg, params, prompt, jax.random.key(0))
-    tokens_b, _, cache_b, first_b = inference.reason(flat_cfg, icfg, flat, prompt, jax.random.key(0))
+    tokens_a, _, cache_a, first_a = reason(cfg, icfg, params, prompt, jax.random.key(0))
+    tokens_b, _, cache_b, first_b = reason(flat_cfg, icfg, flat, prompt, jax.random.key(0))
     np.testing.assert_array_equal(tokens_a, tokens_b)
     np.testing.assert_array_equal(first_a, first_b)
     assert isinstance(cache_b.k, tuple) and len(cache_b.k) == cfg.vlm.text.num_layers  # per-layer buffers
@@ -323,18 +332,13 @@ def test_unstacked_inference_layout_matches_the_scanned_model(setup, layout):
     # One sample: the fused layout's one-token steps run the MLP as reductions (`layers.matvec`), and
     # with the Pallas kernels as `decode_mlp`'s (o, gate_up and down with the adds and norm inside).
     prompt1 = batch_lib.prompt_before_reasoning(batch_lib.fake(cfg, 1, seed=1), 6)
-    tokens1_a, _, cache1_a, _ = inference.reason(cfg, icfg, params, prompt1, jax.random.key(0))
-    tokens1_b, _, cache1_b, _ = inference.reason(flat_cfg, icfg, flat, prompt1, jax.random.key(0))
+    tokens1_a, _, cache1_a, _ = reason(cfg, icfg, params, prompt1, jax.random.key(0))
+    tokens1_b, _, cache1_b, _ = reason(flat_cfg, icfg, flat, prompt1, jax.random.key(0))
     np.testing.assert_array_equal(tokens1_a, tokens1_b)
     np.testing.assert_allclose(cache1_a.k, np.stack(cache1_b.k), atol=1e-5)
     np.testing.assert_allclose(cache1_a.v, np.stack(cache1_b.v), atol=1e-5)
     x = jax.random.normal(jax.random.key(5), (2, 64, 2))
     t = jnp.array([0.3, 0.7])
-    velocity = alpamayo.Alpamayo.velocity
-    va = alpamayo.Alpamayo(cfg).apply(
-        {"params": params}, x, t, cache_a.k, cache_a.v, cache_a.valid_bs, first_a, method=velocity
-    )
-    vb = alpamayo.Alpamayo(flat_cfg).apply(
-        {"params": flat}, x, t, cache_b.k, cache_b.v, cache_b.valid_bs, first_b, method=velocity
-    )
+    va = velocity(cfg, params, x, t, cache_a.k, cache_a.v, cache_a.valid_bs, first_a)
+    vb = velocity(flat_cfg, flat, x, t, cache_b.k, cache_b.v, cache_b.valid_bs, first_b)
     np.testing.assert_allclose(va, vb, atol=1e-5)
