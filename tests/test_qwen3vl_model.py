@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 
@@ -75,23 +76,30 @@ def test_bf16_and_remat_variants_agree_with_float32():
     arrays = image_prompt(cfg32, [[(1, 4, 4)], [(1, 2, 2)]], [[5, 6, 7], [8, 9]], np.random.default_rng(1))
     prompt = qwen3vl_inputs.prompt_inputs(cfg32, **arrays)
     args = (prompt.tokens_bl, prompt.positions_3bl, prompt.valid_bl, prompt.images, prompt.image_slots_bl)
-    params = nn.unbox(qwen3vl.Qwen3VL(cfg32).init(jax.random.key(0), *args))["params"]
-    ref, _ = qwen3vl.Qwen3VL(cfg32).apply({"params": params}, *args)
+    # Jitted: op by op, the init, forwards and gradients took about a minute on CPU.
+    params = nn.unbox(jax.jit(lambda: qwen3vl.Qwen3VL(cfg32).init(jax.random.key(0), *args))())["params"]
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def forward(p, cfg):
+        logits, _ = qwen3vl.Qwen3VL(cfg).apply({"params": p}, *args)
+        return logits
+
+    ref = forward(params, cfg32)
     remat = cfg32.with_numerics(remat="full")
-    out, _ = qwen3vl.Qwen3VL(remat).apply({"params": params}, *args)
+    out = forward(params, remat)
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
     def loss(p, cfg):
-        logits, _ = qwen3vl.Qwen3VL(cfg).apply({"params": p}, *args)
-        return jnp.mean(jax.nn.logsumexp(logits, -1))
+        return jnp.mean(jax.nn.logsumexp(forward(p, cfg), -1))
 
-    g_ref = jax.grad(loss)(params, cfg32)
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    g_ref = grad(params, cfg32)
     for policy in ("full", "attention"):
-        g_remat = jax.grad(loss)(params, cfg32.with_numerics(remat=policy))
+        g_remat = grad(params, cfg32.with_numerics(remat=policy))
         for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_remat), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5)
     bf16 = cfg32.with_numerics(dtype="bfloat16")
-    out16, _ = qwen3vl.Qwen3VL(bf16).apply({"params": params}, *args)
+    out16 = forward(params, bf16)
     assert out16.dtype == jnp.float32
     valid = np.asarray(prompt.valid_bl)
     rel = np.linalg.norm((out16 - ref)[valid]) / np.linalg.norm(ref[valid])
@@ -132,7 +140,7 @@ def test_vision_norms_folded_into_kernels_are_the_same_function():
     arrays = image_prompt(cfg, [[(1, 4, 4)], [(1, 2, 2)]], [[5, 6, 7], [8, 9]], np.random.default_rng(2))
     prompt = qwen3vl_inputs.prompt_inputs(cfg, **arrays)
     args = (prompt.tokens_bl, prompt.positions_3bl, prompt.valid_bl, prompt.images, prompt.image_slots_bl)
-    params = nn.unbox(qwen3vl.Qwen3VL(cfg).init(jax.random.key(0), *args))["params"]
+    params = nn.unbox(jax.jit(lambda: qwen3vl.Qwen3VL(cfg).init(jax.random.key(0), *args))())["params"]
     rng = np.random.default_rng(3)
     # Non-trivial norm affines (init is scale 1, bias 0, where folding changes nothing).
     params = jax.tree_util.tree_map_with_path(
@@ -146,8 +154,9 @@ def test_vision_norms_folded_into_kernels_are_the_same_function():
         logits, _ = qwen3vl.Qwen3VL(c).apply({"params": p}, *args)
         return jnp.mean(jax.nn.logsumexp(logits, -1)), logits
 
-    (l_fold, out_fold), g_fold = jax.value_and_grad(loss, has_aux=True)(params, cfg)
-    (l_plain, out_plain), g_plain = jax.value_and_grad(loss, has_aux=True)(params, plain)
+    value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)  # as above
+    (l_fold, out_fold), g_fold = value_and_grad(params, cfg)
+    (l_plain, out_plain), g_plain = value_and_grad(params, plain)
     np.testing.assert_allclose(out_fold, out_plain, atol=2e-5)
     np.testing.assert_allclose(l_fold, l_plain, rtol=1e-6)
     leaves = jax.tree_util.tree_leaves_with_path(g_plain)
