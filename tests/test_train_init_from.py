@@ -56,7 +56,9 @@ def test_init_from_a_scanned_checkpoint_into_a_per_layer_run(tmp_path):
     np.testing.assert_array_equal(got["vlm/text/layers/1/attn/q/kernel"], stacked[1])
 
 
-def _stage0(steps=1):
+def _stage0(steps=2):
+    # Two steps: the step program of the other stage-0 tests (test_train_resume, test_train_metrics),
+    # which the session's compilation cache then holds.
     c = tiny_config("stage0_vlm_vqa", steps)
     c.seed = 7  # a different initialisation than the stage-1 scratch run
     return c

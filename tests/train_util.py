@@ -1,14 +1,18 @@
 """Shared helpers of the trainer tests: small 1-device configs and a session compilation cache."""
 
 import importlib
+import os
 
 import jax
 import numpy as np
 
 
 def use_compilation_cache(tmp_path_factory) -> None:
-    """One persistent XLA cache for the whole test session (the same step compiles once)."""
-    path = tmp_path_factory.getbasetemp() / "jax_cache"
+    """One persistent XLA cache for the whole test session (the same step compiles once), shared by the
+    pytest-xdist workers (their base temp folders are siblings in the session's): a program that tests
+    on both workers build is compiled by the first one only."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "jax_cache"
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
