@@ -4,7 +4,8 @@ Prefill writes the prompt into a fixed-size cache; the decode loop runs inside `
 (one compilation for any number of steps up to the budget), or inside a loop of static trip count
 when no sample can stop before the budget (`has_fixed_length`). Token choice: greedy, or temperature
 with nucleus (top-p) sampling; banned ids (e.g. trajectory tokens while reasoning) are masked; each
-sample stops at its own stop token.
+sample stops at its own stop token. A decode with banned ids can compute only the logits of the
+vocabulary ranges that hold the allowed ids (`allowed_rows`): the LM head then skips the banned rows.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from alpamayo_jax.models.qwen3vl import Qwen3VL
 from alpamayo_jax.models.qwen3vl_inputs import PromptInputs
@@ -120,6 +122,54 @@ def prefill(
     return logits, cache
 
 
+# Allowed ids closer than this many banned rows share a range (one more reduction costs about as much
+# as reading 1,000 table rows on an H100; the banned ids inside a range are masked as usual).
+ROW_GAP = 1024
+
+
+def allowed_rows(banned_v: np.ndarray, gap: int = ROW_GAP) -> tuple[tuple[int, int], ...]:
+    """The vocabulary ranges `[start, stop)` that cover every allowed (not banned) id, with banned runs
+    shorter than `gap` kept inside a range: the rows a decode step's LM head has to read."""
+    allowed = np.flatnonzero(~np.asarray(banned_v, bool))
+    if allowed.size == 0:
+        raise ValueError("allowed_rows: every vocabulary id is banned")
+    breaks = np.flatnonzero(np.diff(allowed) > gap)
+    starts = np.concatenate([allowed[:1], allowed[breaks + 1]])
+    stops = np.concatenate([allowed[breaks], allowed[-1:]]) + 1
+    return tuple((int(a), int(b)) for a, b in zip(starts, stops, strict=True))
+
+
+def compact_ids(rows: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """The vocabulary id of each position of a `rows`-compacted logits vector."""
+    return np.concatenate([np.arange(start, stop) for start, stop in rows])
+
+
+def _expand_id(choice_b: jax.Array, rows: tuple[tuple[int, int], ...]) -> jax.Array:
+    """Vocabulary ids of positions in a `rows`-compacted logits vector (elementwise: no table lookup)."""
+    ids = choice_b + rows[0][0]
+    offset = rows[0][1] - rows[0][0]
+    for (_, prev_stop), (start, stop) in zip(rows[:-1], rows[1:], strict=True):
+        ids = ids + jnp.where(choice_b >= offset, start - prev_stop, 0)
+        offset += stop - start
+    return ids.astype(jnp.int32)
+
+
+def _check_rows(rows: tuple[tuple[int, int], ...], banned_v: Any, vocab: int) -> None:
+    pairs = zip(rows[:-1], rows[1:], strict=True)
+    if any(not 0 <= a < b <= vocab for a, b in rows) or any(b > c for (_, b), (c, _) in pairs):
+        raise ValueError(f"decode: vocab_rows {rows} are not ordered, disjoint ranges of [0, {vocab})")
+    if banned_v is None:
+        raise ValueError("decode: vocab_rows need banned_v (every id outside the ranges must be banned)")
+    if isinstance(banned_v, jax.core.Tracer):
+        return  # a traced mask cannot be checked here
+    outside = np.ones(vocab, bool)
+    outside[compact_ids(rows)] = False
+    allowed_outside = np.flatnonzero(outside & ~np.asarray(banned_v, bool))
+    if allowed_outside.size:
+        example = allowed_outside[:5].tolist()
+        raise ValueError(f"decode: vocab_rows {rows} leave out ids that banned_v allows, e.g. {example}")
+
+
 def decode(
     model: Qwen3VL,
     params: Any,
@@ -131,13 +181,20 @@ def decode(
     sampling: SamplingConfig = SamplingConfig(),
     banned_v: jax.Array | None = None,
     min_new_tokens: int = 0,
+    vocab_rows: tuple[tuple[int, int], ...] | None = None,
 ) -> tuple[jax.Array, jax.Array, KVCache]:
     """Decodes up to `max_new_tokens` per sample after a prefill.
 
     Returns (tokens `[B, max_new_tokens]` padded with 0 after a sample stops, lengths `[B]`, cache).
-    Stop tokens are ignored before `min_new_tokens` (forced lengths for timing).
+    Stop tokens are ignored before `min_new_tokens` (forced lengths for timing). `vocab_rows`
+    (static, e.g. `allowed_rows(banned)`): the steps compute the logits of these vocabulary ranges
+    only; every id outside them must be banned (the tokens are the same as with the full logits).
     """
     batch = logits_bv.shape[0]
+    if vocab_rows is not None:
+        _check_rows(vocab_rows, banned_v, logits_bv.shape[-1])
+        logits_bv = jnp.concatenate([logits_bv[:, a:b] for a, b in vocab_rows], axis=-1)
+        banned_v = jnp.concatenate([jnp.asarray(banned_v)[a:b] for a, b in vocab_rows])
 
     def cond(state):
         step, _, _, _, done, _, _ = state
@@ -150,13 +207,21 @@ def decode(
         else:  # greedy: the key is never read, so no split kernel per token
             sub = rng
         token = choose_token(logits, sub, sampling, banned_v)
+        if vocab_rows is not None:
+            token = _expand_id(token, vocab_rows)
         token = jnp.where(done, 0, token)
         out = out.at[:, step].set(token)
         stopped = jnp.zeros_like(done)
         if sampling.stop_token is not None:
             stopped = (token == sampling.stop_token) & (step + 1 >= min_new_tokens)
         logits, cache = model.apply(
-            {"params": params}, token[:, None], pos, cache, ~done, method=Qwen3VL.decode_step
+            {"params": params},
+            token[:, None],
+            pos,
+            cache,
+            ~done,
+            vocab_rows,
+            method=Qwen3VL.decode_step,
         )
         return step + 1, logits, cache, pos + 1, done | stopped, out, rng
 

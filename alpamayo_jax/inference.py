@@ -84,6 +84,7 @@ def reason(
     cache = cache.repeat(k)
     start = jnp.repeat(prompt.next_position_b, k, axis=0)
     sampling = generation.SamplingConfig(icfg.temperature, icfg.top_p, stop)
+    banned = banned_reasoning_ids(cfg)
     tokens, lengths, cache = generation.decode(
         vlm,
         vlm_params,
@@ -93,8 +94,10 @@ def reason(
         rng,
         budget,
         sampling,
-        jnp.asarray(banned_reasoning_ids(cfg)),
+        jnp.asarray(banned),
         icfg.min_reasoning_tokens,
+        # The LM head skips the trajectory bins and unused ids (4,000+ of the 155k table rows).
+        generation.allowed_rows(banned),
     )
     stopped = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], 1)[:, 0] == stop
     stopped &= lengths > 0

@@ -166,13 +166,15 @@ class Qwen3VL(nn.Module):
         positions_b: jax.Array,
         cache: vlm_lib.KVCache,
         valid_b: jax.Array | None = None,
+        vocab_rows: tuple[tuple[int, int], ...] | None = None,
     ):
         """One token per sample at its next position; returns (logits `[B, V]`, cache).
 
         `valid_b` False writes the slot as invalid (a finished sample's filler never becomes context).
+        `vocab_rows`: logits of these vocabulary ranges only, concatenated (`TextModel.logits`).
         """
         embeds = self.text.embed_tokens(tokens_b1)
         positions = jnp.broadcast_to(positions_b[None, :, None], (3, *tokens_b1.shape))
         valid = jnp.ones(tokens_b1.shape, bool) if valid_b is None else valid_b[:, None]
         hidden, cache = self.text(embeds, positions, valid, cache, None)
-        return self.text.logits(hidden)[:, -1], cache
+        return self.text.logits(hidden, vocab_rows)[:, -1], cache

@@ -518,17 +518,30 @@ class TextDecoder(nn.Module):
     def embed_tokens(self, tokens_bl: jax.Array) -> jax.Array:
         return self.embed(tokens_bl)
 
-    def logits(self, hidden_bld: jax.Array) -> jax.Array:
+    def logits(self, hidden_bld: jax.Array, rows: tuple[tuple[int, int], ...] | None = None) -> jax.Array:
         """Float32 logits `[B, L, V]` from final hidden states.
+
+        `rows`: only the vocabulary ranges `[start, stop)` given, concatenated in order (`[B, L, sum of
+        the ranges' sizes]`); a decode step that may not emit the other ids need not compute them.
 
         In the fused (inference) layout one row (a batch-1 decode step or prefill) goes through the tied
         `[V, E]` table as `layers.matvec`: one XLA reduction fusion, 202 us per ar1_2b token on an H100
-        (3.08 TB/s) against 211 us for the dot that cuBLAS runs (docs/PERFORMANCE.md, session 12)."""
+        (3.08 TB/s) against 211 us for the dot that cuBLAS runs (docs/PERFORMANCE.md, session 12). With
+        `rows` it reads only those rows of the table (one reduction per range); otherwise the full
+        logits are computed and the ranges sliced out."""
         if self.cfg.tie_embeddings:
             if self.cfg.fused_projections and hidden_bld.shape[0] * hidden_bld.shape[1] == 1:
-                return layers.matvec(self.embed.embedding, hidden_bld).astype(jnp.float32)
-            return self.embed.attend(hidden_bld).astype(jnp.float32)
-        return self.lm_head(hidden_bld).astype(jnp.float32)
+                table = self.embed.embedding
+                if rows is None:
+                    return layers.matvec(table, hidden_bld).astype(jnp.float32)
+                parts = [layers.matvec(table[start:stop], hidden_bld) for start, stop in rows]
+                return jnp.concatenate(parts, axis=-1).astype(jnp.float32)
+            full = self.embed.attend(hidden_bld).astype(jnp.float32)
+        else:
+            full = self.lm_head(hidden_bld).astype(jnp.float32)
+        if rows is None:
+            return full
+        return jnp.concatenate([full[..., start:stop] for start, stop in rows], axis=-1)
 
     def __call__(
         self,
