@@ -167,7 +167,7 @@ def run(
     )
     if not scan_layers and cfg.vlm.text.fused_projections:
         # The inference layout of `compile_policy`'s users (`alpamayo.inference_layout`: among others the
-        # ViT scanned with its LayerNorms' own affine), with this run's kernel choice.
+        # ViT unstacked, with its LayerNorms' own affine), with this run's kernel choice.
         cfg = alpamayo.inference_layout(cfg, decode_attention)
     else:  # a training layout of the towers; the ViT stays scanned (`scan_layers` is the text decoder's
         # and the expert's layout here)

@@ -228,9 +228,10 @@ def inference_layout(cfg: AlpamayoConfig, impl: str | None = None) -> AlpamayoCo
     default on a GPU: `decode_attention.default_impl`) the fused Pallas attention kernels in the text
     decoder's decode steps and the expert's flow steps, and `decode_mlp`'s kernels in the decode
     steps' projections where they are the faster (`decode_mlp.pays_off`: ar1_2b, not ar1_10b).
-    The ViT stays scanned: it is compute-bound (unstacking it measured no faster, and compiles
-    slower); its LayerNorms apply their own affine (`VisionConfig.fold_norms` off: a training-time
-    saving that would cost a kernel product per call here)."""
+    The ViT is unstacked too (one parameter set per block: the DeepStack taps are the tap blocks'
+    outputs, with no per-block write into a tap buffer and no weight slice out of a stack); its
+    LayerNorms apply their own affine (`VisionConfig.fold_norms` off: a training-time saving that
+    would cost a kernel product per call here)."""
     flat = dict(scan_layers=False, fused_projections=True)
     impl = decode_attention.default_impl() if impl is None else impl
     t = cfg.vlm.text
@@ -238,7 +239,7 @@ def inference_layout(cfg: AlpamayoConfig, impl: str | None = None) -> AlpamayoCo
     faster = decode_mlp.pays_off(t.width, t.mlp_dim, t.num_heads * t.head_dim, itemsize)
     projections = impl if faster else "xla"
     text = dataclasses.replace(t, **flat, decode_attention=impl, decode_projections=projections)
-    vision = dataclasses.replace(cfg.vlm.vision, scan_layers=True, fold_norms=False)
+    vision = dataclasses.replace(cfg.vlm.vision, scan_layers=False, fold_norms=False)
     expert = dataclasses.replace(cfg.expert, **flat, prefix_attention=impl)
     vlm = dataclasses.replace(cfg.vlm, text=text, vision=vision)
     return dataclasses.replace(cfg, vlm=vlm, expert=expert)
