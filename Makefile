@@ -16,7 +16,7 @@ $(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(PY) tools/demo.py --out runs/demo
 
-# Two pytest workers (about 17 instead of 30 minutes of pytest on a slow 2-core machine); `make test WORKERS=N` for more.
+# Two pytest workers (about 17 minutes of pytest on a slow 2-core machine); `make test WORKERS=N` for more.
 WORKERS ?= 2
 
 test: $(STAMP)
